@@ -19,11 +19,6 @@ from .errors import (
     UnknownConfigKeyError,
 )
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
-
 __all__ = ["ENV_PREFIX", "EmbeddingConfig"]
 
 ENV_PREFIX = "AKIDB_EMBEDDING_"
@@ -312,6 +307,11 @@ _LINE_RE = re.compile(r"at line (\d+)")
 
 
 def _read_table(path: Path) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on 3.10 only
+        import tomli as tomllib
+
     try:
         with path.open("rb") as fh:
             document = tomllib.load(fh)

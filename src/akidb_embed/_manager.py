@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections import OrderedDict, deque
@@ -243,12 +242,16 @@ class EmbeddingManager:
         prompt_name: str | None = None,
     ) -> np.ndarray:
         """:meth:`embed` in a worker thread, so the event loop keeps running."""
+        import asyncio  # only async callers pay for it
+
         return await asyncio.to_thread(
             self.embed, texts, normalize=normalize, prompt_name=prompt_name
         )
 
     async def aembed_query(self, text: str, *, normalize: bool | None = None) -> np.ndarray:
         """:meth:`embed_query` in a worker thread."""
+        import asyncio
+
         return await asyncio.to_thread(self.embed_query, text, normalize=normalize)
 
     # -- operations ----------------------------------------------------------------------

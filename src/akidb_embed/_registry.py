@@ -13,7 +13,6 @@ import importlib.util
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
@@ -25,6 +24,8 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
+
     from ._config import EmbeddingConfig
     from ._types import EmbeddingProvider
 
@@ -78,6 +79,9 @@ def _ep_label(ep: EntryPoint) -> str:
 
 
 def _entry_points() -> dict[str, list[EntryPoint]]:
+    # importlib.metadata costs ~13 ms to import: only pay it when providers are looked up.
+    from importlib.metadata import entry_points
+
     found: dict[str, list[EntryPoint]] = {}
     seen: set[tuple[str, str, str]] = set()
     for ep in entry_points(group=ENTRY_POINT_GROUP):

@@ -21,7 +21,9 @@ __all__ = [
     "EmbeddingInputError",
     "ExecutionProviderError",
     "FingerprintMismatchError",
+    "IndexBackendNotInstalledError",
     "IndexCorruptedError",
+    "IndexInputError",
     "ModelMismatchError",
     "ModelNotFoundError",
     "ProviderClosedError",
@@ -30,6 +32,7 @@ __all__ = [
     "ProviderOutputError",
     "TruncationError",
     "UnknownConfigKeyError",
+    "UnknownIdError",
     "UnknownProviderError",
     "WorkerCrashedError",
     "WorkerError",
@@ -244,3 +247,19 @@ class IndexCorruptedError(AkidbEmbedError, ValueError):
 
 class FingerprintMismatchError(AkidbEmbedError, ValueError):
     """Vectors from one embedding model were mixed with an index built by another."""
+
+
+class IndexInputError(AkidbEmbedError, ValueError):
+    """Bad input to a vector index or collection (wrong dimension, duplicate or invalid id,
+    non-finite vector, metadata that is not JSON, a path that is not an index)."""
+
+
+class UnknownIdError(IndexInputError, KeyError):
+    """An id is not in the index."""
+
+    def __str__(self) -> str:  # KeyError would otherwise repr() the message
+        return str(self.args[0])
+
+
+class IndexBackendNotInstalledError(AkidbEmbedError, ImportError):
+    """The HNSW backend was asked for but hnswlib is not installed."""

@@ -1,0 +1,300 @@
+"""The ``akidb-embed`` command line.
+
+Errors print one line and exit non-zero (2 for usage errors); ``--debug`` shows the
+traceback. Subcommands of the backends and the index are registered from their own
+modules, imported only when they are needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+from ._version import __version__
+from .errors import AkidbEmbedError, ConfigError, EmbeddingInputError
+
+__all__ = ["main"]
+
+# Subcommands that live elsewhere: module with register(subparsers), install hint.
+_EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
+    "export": ("akidb_embed_onnx._cli", "pip install 'akidb-embed[onnx]'"),
+    "index": ("akidb_embed.index._cli", "pip install 'akidb-embed[index]'"),
+    "search": ("akidb_embed.index._cli", "pip install 'akidb-embed[index]'"),
+}
+
+
+class UsageError(Exception):
+    """Bad command-line usage: exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _config_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("configuration (overrides file and environment)")
+    group.add_argument("--config", metavar="PATH", help="TOML file with an [embedding] table")
+    group.add_argument("--provider", help="provider name (see `akidb-embed providers`)")
+    group.add_argument("--model", help="model id or local folder")
+    group.add_argument("--batch-size", type=int, dest="batch_size")
+    group.add_argument("--max-length", type=int, dest="max_length")
+    group.add_argument("--truncation", choices=["truncate", "error"])
+    group.add_argument("--offline", action="store_true", default=None)
+    group.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="provider option (repeatable); VALUE is parsed as JSON when it can be",
+    )
+
+
+def _load_config(args: argparse.Namespace) -> Any:
+    from ._config import EmbeddingConfig
+
+    overrides: dict[str, Any] = {}
+    for key in ("provider", "model", "batch_size", "max_length", "truncation", "offline"):
+        value = getattr(args, key, None)
+        if value is not None:
+            overrides[key] = value
+    options: dict[str, Any] = {}
+    for item in getattr(args, "option", []) or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--option expects KEY=VALUE, got {item!r}")
+        try:
+            options[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key] = raw
+    if options:
+        overrides["options"] = options
+    return EmbeddingConfig.load(getattr(args, "config", None), **overrides)
+
+
+# --- providers ----------------------------------------------------------------------------
+
+
+def _cmd_providers(args: argparse.Namespace) -> int:
+    from ._registry import available_providers
+
+    rows = available_providers()
+    if args.json:
+        print(json.dumps({n: vars(s) for n, s in rows.items()}, indent=2))
+        return 0
+    table = [("NAME", "STATUS", "DISTRIBUTION", "VERSION", "DETAIL")]
+    for name, status in rows.items():
+        table.append(
+            (
+                name,
+                "ok" if status.loadable else "unavailable",
+                status.distribution or f"({status.source})",
+                status.version or "-",
+                status.reason or status.value,
+            )
+        )
+    _print_table(table)
+    return 0
+
+
+# --- config -------------------------------------------------------------------------------
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    config = _load_config(args)
+    values = config.to_dict()
+    sources = config.sources()
+    if args.json:
+        print(
+            json.dumps({k: {"value": v, "source": sources[k]} for k, v in values.items()}, indent=2)
+        )
+        return 0
+    table = [("KEY", "VALUE", "SOURCE")]
+    table += [(key, json.dumps(value), sources[key]) for key, value in values.items()]
+    _print_table(table)
+    return 0
+
+
+# --- embed --------------------------------------------------------------------------------
+
+
+def _read_texts(args: argparse.Namespace, stdin: TextIO) -> list[str]:
+    if args.texts and args.file:
+        raise UsageError("give texts as arguments or with --file, not both")
+    if args.texts:
+        return list(args.texts)
+    if args.file and args.file != "-":
+        path = Path(args.file)
+        try:
+            content = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise EmbeddingInputError(f"input file not found: {path}") from None
+        except UnicodeDecodeError as exc:
+            raise EmbeddingInputError(f"input file {path} is not UTF-8 text: {exc}") from exc
+        except OSError as exc:
+            raise EmbeddingInputError(f"cannot read input file {path}: {exc.strerror}") from exc
+    else:
+        if stdin.isatty():
+            raise UsageError("no texts: pass them as arguments, with --file, or on standard input")
+        content = stdin.read()
+    lines = content.splitlines()
+    if args.skip_empty:
+        lines = [line for line in lines if line.strip()]
+    return lines
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Write through a temporary file in the same folder, then rename over *path*."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ._manager import EmbeddingManager
+
+    texts = _read_texts(args, sys.stdin)
+    config = _load_config(args)
+    output = Path(args.output) if args.output else None
+    fmt = args.format or ("npy" if output and output.suffix == ".npy" else "json")
+    with EmbeddingManager.from_config(config) as manager:
+        if args.query:
+            if len(texts) != 1:
+                raise UsageError(f"--query embeds exactly one text, got {len(texts)}")
+            vectors = manager.embed_query(texts[0])[None, :]
+        else:
+            vectors = manager.embed(texts, progress=len(texts) >= 256 and not args.quiet)
+        model = manager.info.model
+    if fmt == "npy":
+        if output is None:
+            raise UsageError("--format npy needs --output FILE.npy")
+        _atomic_write(output, lambda fh: np.save(fh, vectors, allow_pickle=False))
+    else:
+        doc = {
+            "model": model,
+            "dimension": int(vectors.shape[1]),
+            "data": [
+                {"text": t, "embedding": v.tolist()} for t, v in zip(texts, vectors, strict=False)
+            ],
+        }
+        payload = json.dumps(doc, ensure_ascii=False).encode("utf-8")
+        if output is None:
+            sys.stdout.write(payload.decode("utf-8") + "\n")
+        else:
+            _atomic_write(output, lambda fh: fh.write(payload))
+    if output is not None and not args.quiet:
+        print(
+            f"wrote {len(texts)} vectors of dimension {vectors.shape[1]} to {output}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+# --- plumbing -----------------------------------------------------------------------------
+
+
+def _print_table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; *command* pre-loads an external subcommand's module."""
+    parser = _Parser(prog="akidb-embed", description="Text to embedding vectors.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("providers", help="list discovered providers and their status")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_providers)
+
+    p = sub.add_parser(
+        "config", help="show the resolved configuration and where each value came from"
+    )
+    p.add_argument("--json", action="store_true")
+    _config_arguments(p)
+    p.set_defaults(func=_cmd_config)
+
+    p = sub.add_parser("embed", help="embed texts (arguments, --file, or standard input)")
+    p.add_argument("texts", nargs="*", help="texts to embed")
+    p.add_argument("-f", "--file", help="file with one text per line ('-' for standard input)")
+    p.add_argument("-o", "--output", help="write to this file (.npy or .json) instead of stdout")
+    p.add_argument("--format", choices=["json", "npy"])
+    p.add_argument("--query", action="store_true", help="embed one text as a query")
+    p.add_argument("--skip-empty", action="store_true", help="drop empty lines of the input")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    _config_arguments(p)
+    p.set_defaults(func=_cmd_embed)
+
+    selected = _EXTERNAL_COMMANDS.get(command or "")
+    for name, (module, _hint) in _EXTERNAL_COMMANDS.items():
+        if selected is None or module != selected[0]:
+            # Listed in --help without importing anything; loaded when chosen.
+            sub.add_parser(name, help=f"(from {module.split('._')[0]})", add_help=False)
+    if selected is not None:
+        module, hint = selected
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as exc:
+            raise _MissingCommand(command or "", hint, exc) from exc
+        mod.register(sub)
+    return parser
+
+
+class _MissingCommand(Exception):
+    def __init__(self, name: str, hint: str, cause: BaseException) -> None:
+        super().__init__(
+            f"the '{name}' command is not installed ({cause}); install it with: {hint}"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    try:
+        parser = build_parser(command if command in _EXTERNAL_COMMANDS else None)
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help(sys.stderr)
+            return 2
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except _MissingCommand as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (AkidbEmbedError, OSError) as exc:
+        if debug:
+            raise
+        code = 2 if isinstance(exc, ConfigError) else 1
+        print(f"error: {exc}", file=sys.stderr)
+        return code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""`import akidb_embed` stays cheap: no heavy backend is imported."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+HEAVY = ("onnxruntime", "tokenizers", "mlx", "torch", "huggingface_hub", "transformers",
+         "hnswlib", "sentence_transformers")
+OURS_LAZY = ("akidb_embed_onnx", "akidb_embed_mlx", "akidb_embed.index", "akidb_embed.bridge",
+             "akidb_embed.cli", "akidb_embed.testing", "akidb_embed.pytest_plugin", "tqdm",
+             "pytest", "asyncio")
+
+
+def loaded_after(code: str) -> set[str]:
+    script = f"import sys, json\n{code}\nprint(json.dumps(sorted(sys.modules)))\n"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True)
+    return set(json.loads(out.stdout))
+
+
+def offenders(loaded: set[str], names: tuple[str, ...]) -> list[str]:
+    return sorted(m for m in loaded if any(m == n or m.startswith(n + ".") for n in names))
+
+
+def test_import_pulls_nothing_heavy_or_optional() -> None:
+    loaded = loaded_after("import akidb_embed")
+    assert offenders(loaded, HEAVY + OURS_LAZY) == []
+
+
+def test_mock_use_pulls_nothing_heavy() -> None:
+    loaded = loaded_after(
+        "import akidb_embed\n"
+        "with akidb_embed.EmbeddingManager.from_config(provider='mock') as m:\n"
+        "    m.embed(['x'])\n"
+    )
+    assert offenders(loaded, HEAVY + ("akidb_embed_onnx", "akidb_embed_mlx")) == []
+
+
+def test_listing_providers_imports_no_heavy_dependency() -> None:
+    # Listing may import each plugin's own (light) module, never onnxruntime/mlx/torch.
+    loaded = loaded_after("import akidb_embed\nakidb_embed.available_providers()")
+    assert offenders(loaded, HEAVY) == []
+
+
+def test_public_api_names() -> None:
+    import akidb_embed
+
+    for name in akidb_embed.__all__:
+        assert getattr(akidb_embed, name) is not None
+    fields = akidb_embed.ModelInfo.__dataclass_fields__
+    for name in ("provider", "model", "dimension", "max_tokens", "pooling", "normalized"):
+        assert name in fields
+    info = akidb_embed.ModelInfo(provider="p", model="m", dimension=3, max_tokens=None,
+                                 pooling="mean", normalized=True)
+    assert hash(info) == hash(akidb_embed.ModelInfo.from_dict(info.to_dict()))

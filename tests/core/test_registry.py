@@ -1,0 +1,200 @@
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import akidb_embed
+from akidb_embed import (
+    EmbeddingConfig,
+    EmbeddingManager,
+    MockEmbeddingProvider,
+    available_providers,
+    get_provider_class,
+    register_provider,
+    unregister_provider,
+)
+from akidb_embed.errors import (
+    DuplicateProviderError,
+    ProviderError,
+    ProviderNotInstalledError,
+    UnknownProviderError,
+)
+
+
+def make_dist(site: Path, dist: str, entry_points: dict[str, str], modules: dict[str, str]) -> None:
+    """Lay out a real installed distribution (dist-info + modules) in *site*."""
+    info = site / f"{dist.replace('-', '_')}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    lines = ["[akidb_embed.providers]"] + [f"{k} = {v}" for k, v in entry_points.items()]
+    (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+    for name, source in modules.items():
+        (site / f"{name}.py").write_text(textwrap.dedent(source))
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "site"
+    path.mkdir()
+    monkeypatch.syspath_prepend(str(path))
+    return path
+
+
+GOOD = """
+    from akidb_embed import MockEmbeddingProvider
+
+    class Good(MockEmbeddingProvider):
+        pass
+"""
+
+
+def test_builtins_come_from_entry_points() -> None:
+    rows = available_providers()
+    assert rows["mock"].loadable
+    assert rows["mock"].distribution == "akidb-embed"
+    assert rows["mock"].version == akidb_embed.__version__
+    assert get_provider_class("mock") is MockEmbeddingProvider
+
+
+def test_unknown_provider_lists_names_and_closest() -> None:
+    with pytest.raises(UnknownProviderError) as info:
+        get_provider_class("mokc")
+    msg = str(info.value)
+    assert "'mokc'" in msg and "Did you mean 'mock'?" in msg and "mock" in info.value.available
+    assert isinstance(info.value, LookupError)
+
+
+def test_known_but_missing_provider_gives_install_command(site: Path) -> None:
+    # 'mlx' is a known provider; pretend its distribution is installed but broken/missing
+    make_dist(site, "akidb-embed-fakemlx", {"fakeprov": "missing_backend_mod:Provider"}, {})
+    with pytest.raises(ProviderNotInstalledError) as info:
+        get_provider_class("fakeprov")
+    assert "pip install" in str(info.value)
+    assert isinstance(info.value, ImportError)
+    assert isinstance(info.value.__cause__, ImportError)
+
+
+def test_known_provider_names_extra_when_absent(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Known names (onnx, mlx) are in a table of install hints; a known name with no
+    # installed entry point says which extra to install.
+    monkeypatch.setitem(akidb_embed._registry._INSTALL_HINTS, "tpu", "pip install 'akidb-embed[tpu]'")
+    with pytest.raises(ProviderNotInstalledError, match=r"pip install 'akidb-embed\[tpu\]'"):
+        get_provider_class("tpu")
+    with pytest.raises(ProviderNotInstalledError, match=r"akidb-embed\[tpu\]"):
+        EmbeddingManager.from_config(EmbeddingConfig(provider="tpu"))
+
+
+def test_missing_requirement_reported_without_import(site: Path) -> None:
+    make_dist(site, "needs-thing", {"needy": "needy_mod:Needy"}, {"needy_mod": GOOD + """
+    Good.requires = ("surely_not_installed_module_xyz",)
+    Needy = Good
+    """})
+    rows = available_providers()
+    assert not rows["needy"].loadable
+    assert "surely_not_installed_module_xyz" in rows["needy"].reason
+    assert rows["needy"].distribution == "needs-thing"
+    with pytest.raises(ProviderNotInstalledError, match="pip install --upgrade 'needs-thing'"):
+        get_provider_class("needy")
+
+
+def test_broken_plugin_does_not_hide_others(site: Path) -> None:
+    make_dist(site, "broken-plugin", {"broken": "broken_mod:Provider"},
+              {"broken_mod": "raise RuntimeError('boom at import')\n"})
+    make_dist(site, "good-plugin", {"good": "good_mod:Good"}, {"good_mod": GOOD})
+    rows = available_providers()
+    assert not rows["broken"].loadable and "boom at import" in rows["broken"].reason
+    assert rows["good"].loadable and rows["mock"].loadable
+    with pytest.raises(ProviderError, match="broken"):
+        get_provider_class("broken")
+    with EmbeddingManager.from_config(EmbeddingConfig(provider="good")) as manager:
+        assert manager.embed(["x"]).shape == (1, 384)
+
+
+def test_duplicate_entry_point_names_both(site: Path) -> None:
+    make_dist(site, "plugin-a", {"twin": "twin_a:Good"}, {"twin_a": GOOD})
+    make_dist(site, "plugin-b", {"twin": "twin_b:Good"}, {"twin_b": GOOD})
+    rows = available_providers()
+    assert not rows["twin"].loadable
+    assert "plugin-a" in rows["twin"].reason and "plugin-b" in rows["twin"].reason
+    with pytest.raises(DuplicateProviderError) as info:
+        get_provider_class("twin")
+    assert "twin_a:Good" in str(info.value) and "twin_b:Good" in str(info.value)
+    assert rows["mock"].loadable
+
+
+def test_discovery_is_lazy(site: Path) -> None:
+    make_dist(site, "lazy-plugin", {"lazy": "lazy_mod:Good"}, {"lazy_mod": GOOD})
+    akidb_embed._registry._entry_points()
+    assert "lazy_mod" not in sys.modules
+    get_provider_class("lazy")
+    assert "lazy_mod" in sys.modules
+
+
+def test_register_provider_in_process() -> None:
+    calls = []
+
+    def factory(config: EmbeddingConfig) -> MockEmbeddingProvider:
+        calls.append(config)
+        return MockEmbeddingProvider(dimension=8)
+
+    register_provider("notebook", factory)
+    assert available_providers()["notebook"].source == "registered"
+    with EmbeddingManager.from_config(EmbeddingConfig(provider="notebook")) as manager:
+        assert manager.dimension == 8
+    assert calls[0].provider == "notebook"
+    with pytest.raises(DuplicateProviderError, match="notebook"):
+        register_provider("notebook", factory)
+    register_provider("notebook", factory, replace=True)
+    unregister_provider("notebook")
+    with pytest.raises(UnknownProviderError):
+        get_provider_class("notebook")
+
+
+def test_register_cannot_shadow_entry_point_silently() -> None:
+    with pytest.raises(DuplicateProviderError, match="akidb_embed.mock:MockEmbeddingProvider"):
+        register_provider("mock", MockEmbeddingProvider)
+
+
+def test_registration_is_isolated_between_tests_part1() -> None:
+    register_provider("leaky", MockEmbeddingProvider)
+
+
+def test_registration_is_isolated_between_tests_part2() -> None:
+    assert "leaky" not in available_providers()
+
+
+def test_register_rejects_bad_arguments() -> None:
+    with pytest.raises(TypeError):
+        register_provider("x", "not callable")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        register_provider("", MockEmbeddingProvider)
+
+
+def test_factory_failure_names_provider() -> None:
+    def explode(config: EmbeddingConfig) -> MockEmbeddingProvider:
+        raise OSError("model file unreadable")
+
+    register_provider("explodes", explode)
+    with pytest.raises(ProviderError, match="'explodes'.*model file unreadable"):
+        EmbeddingManager.from_config(EmbeddingConfig(provider="explodes"))
+
+
+def test_factory_import_error_becomes_not_installed() -> None:
+    def needs_dep(config: EmbeddingConfig) -> MockEmbeddingProvider:
+        import surely_not_installed_module_xyz  # noqa: F401
+
+        raise AssertionError("unreachable")
+
+    register_provider("needsdep", needs_dep)
+    with pytest.raises(ProviderNotInstalledError) as info:
+        EmbeddingManager.from_config(EmbeddingConfig(provider="needsdep"))
+    assert isinstance(info.value.__cause__, ImportError)
+
+
+def test_factory_returning_non_provider() -> None:
+    register_provider("weird", lambda config: object())
+    with pytest.raises(ProviderError, match="no embed_batch"):
+        EmbeddingManager.from_config(EmbeddingConfig(provider="weird"))
