@@ -22,11 +22,28 @@ from .errors import AkidbEmbedError, ConfigError, EmbeddingInputError
 
 __all__ = ["main"]
 
-# Subcommands that live elsewhere: module with register(subparsers), install hint.
-_EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
-    "export": ("akidb_embed_onnx._cli", "pip install 'akidb-embed[onnx]'"),
-    "index": ("akidb_embed.index._cli", "pip install 'akidb-embed[index]'"),
-    "search": ("akidb_embed.index._cli", "pip install 'akidb-embed[index]'"),
+# Subcommands that live elsewhere: module with register(subparsers), install hint, help.
+_EXTERNAL_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "export": (
+        "akidb_embed_onnx._cli",
+        "pip install 'akidb-embed[onnx]'",
+        "export a Hugging Face model to ONNX (optionally optimized / int8)",
+    ),
+    "mlx-quantize": (
+        "akidb_embed_mlx._cli",
+        "pip install 'akidb-embed[mlx]'",
+        "quantize a model for the MLX provider (4/8-bit)",
+    ),
+    "index": (
+        "akidb_embed.index._cli",
+        "pip install 'akidb-embed[index]'",
+        "build a vector index from text files",
+    ),
+    "search": (
+        "akidb_embed.index._cli",
+        "pip install 'akidb-embed[index]'",
+        "search a vector index built by `index build`",
+    ),
 }
 
 
@@ -246,12 +263,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_embed)
 
     selected = _EXTERNAL_COMMANDS.get(command or "")
-    for name, (module, _hint) in _EXTERNAL_COMMANDS.items():
+    for name, (module, _hint, help_text) in _EXTERNAL_COMMANDS.items():
         if selected is None or module != selected[0]:
             # Listed in --help without importing anything; loaded when chosen.
-            sub.add_parser(name, help=f"(from {module.split('._')[0]})", add_help=False)
+            sub.add_parser(name, help=help_text, add_help=False)
     if selected is not None:
-        module, hint = selected
+        module, hint, _help = selected
         try:
             mod = importlib.import_module(module)
         except ImportError as exc:

@@ -205,12 +205,14 @@ class MockEmbeddingProvider:
             raise failure
 
     def _vector(self, words: list[str]) -> np.ndarray:
+        # Each distinct word (and word bigram) counts once: repeated stop words must not
+        # outweigh the content words two texts share.
         acc = np.zeros(self.dimension, dtype=np.float64)
         if not words:
             acc += _direction("\x00<empty>", self.dimension, self.seed)
-        for word in words:
+        for word in dict.fromkeys(words):
             acc += _direction(word, self.dimension, self.seed)
-        for a, b in itertools.pairwise(words):
+        for a, b in dict.fromkeys(itertools.pairwise(words)):
             acc += _BIGRAM_WEIGHT * _direction(f"{a}\x00{b}", self.dimension, self.seed)
         norm = float(np.sqrt(np.dot(acc, acc)))
         return acc / norm if norm > 0 else acc

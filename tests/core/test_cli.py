@@ -16,7 +16,10 @@ from akidb_embed.cli import main
 def run(*args: str, stdin: str | None = None, env: dict | None = None):
     return subprocess.run(
         [sys.executable, "-m", "akidb_embed.cli", *args],
-        input=stdin, capture_output=True, text=True, timeout=120,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, **(env or {})},
     )
 

@@ -55,8 +55,11 @@ def test_file_env_argument_precedence(tmp_path: Path) -> None:
         target = "file-target"
         """,
     )
-    env = {"AKIDB_EMBEDDING_MODEL": "from-env", "AKIDB_EMBEDDING_BATCH_SIZE": "8",
-           "AKIDB_EMBEDDING_TARGET": "env-target"}
+    env = {
+        "AKIDB_EMBEDDING_MODEL": "from-env",
+        "AKIDB_EMBEDDING_BATCH_SIZE": "8",
+        "AKIDB_EMBEDDING_TARGET": "env-target",
+    }
     config = EmbeddingConfig.load(path, env=env, batch_size=16)
     assert config.provider == "mock"
     assert config.source("provider") == f"file:{path.resolve()}"
@@ -83,9 +86,17 @@ def test_env_names_every_field() -> None:
     }
     config = EmbeddingConfig.load(env=env)
     assert config.to_dict() == {
-        "provider": "mock", "model": "m", "python_path": "/usr/bin/python3", "batch_size": 7,
-        "max_length": 128, "normalize": False, "truncation": "error", "cache_dir": "/tmp/x",
-        "offline": True, "cache_size": 0, "options": {"threads": 2},
+        "provider": "mock",
+        "model": "m",
+        "python_path": "/usr/bin/python3",
+        "batch_size": 7,
+        "max_length": 128,
+        "normalize": False,
+        "truncation": "error",
+        "cache_dir": "/tmp/x",
+        "offline": True,
+        "cache_size": 0,
+        "options": {"threads": 2},
     }
     assert all(src.startswith("env:") for src in config.sources().values())
 
@@ -117,12 +128,13 @@ def test_unknown_key_names_key_file_and_suggestion(tmp_path: Path) -> None:
 
 
 def test_unknown_env_var_is_reported() -> None:
-    with pytest.raises(UnknownConfigKeyError, match="AKIDB_EMBEDDING_MODLE.*AKIDB_EMBEDDING_MODEL"):
+    pattern = r"AKIDB_EMBEDDING_MODLE.*AKIDB_EMBEDDING_MODEL"
+    with pytest.raises(UnknownConfigKeyError, match=pattern):
         EmbeddingConfig.load(env={"AKIDB_EMBEDDING_MODLE": "x"})
 
 
 def test_unknown_override() -> None:
-    with pytest.raises(UnknownConfigKeyError, match="batchsize.*batch_size"):
+    with pytest.raises(UnknownConfigKeyError, match=r"batchsize.*batch_size"):
         EmbeddingConfig.load(env={}, batchsize=3)
 
 
@@ -159,8 +171,13 @@ def test_bool_is_not_an_int_and_int_not_a_bool() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"batch_size": 0}, {"max_length": -1}, {"truncation": "drop"}, {"provider": " "},
-     {"cache_size": -5}],
+    [
+        {"batch_size": 0},
+        {"max_length": -1},
+        {"truncation": "drop"},
+        {"provider": " "},
+        {"cache_size": -5},
+    ],
 )
 def test_invalid_values(kwargs: dict) -> None:
     with pytest.raises(ConfigValueError):
@@ -178,7 +195,7 @@ def test_invalid_toml_names_file_and_line(tmp_path: Path) -> None:
 def test_missing_explicit_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigFileError, match="no such file"):
         EmbeddingConfig.load(tmp_path / "absent.toml", env={})
-    with pytest.raises(ConfigFileError, match="absent.toml"):
+    with pytest.raises(ConfigFileError, match=r"absent\.toml"):
         EmbeddingConfig.load(env={"AKIDB_CONFIG": str(tmp_path / "absent.toml")})
 
 

@@ -6,17 +6,33 @@ import json
 import subprocess
 import sys
 
-HEAVY = ("onnxruntime", "tokenizers", "mlx", "torch", "huggingface_hub", "transformers",
-         "hnswlib", "sentence_transformers")
-OURS_LAZY = ("akidb_embed_onnx", "akidb_embed_mlx", "akidb_embed.index", "akidb_embed.bridge",
-             "akidb_embed.cli", "akidb_embed.testing", "akidb_embed.pytest_plugin", "tqdm",
-             "pytest", "asyncio")
+HEAVY = (
+    "onnxruntime",
+    "tokenizers",
+    "mlx",
+    "torch",
+    "huggingface_hub",
+    "transformers",
+    "hnswlib",
+    "sentence_transformers",
+)
+OURS_LAZY = (
+    "akidb_embed_onnx",
+    "akidb_embed_mlx",
+    "akidb_embed.index",
+    "akidb_embed.bridge",
+    "akidb_embed.cli",
+    "akidb_embed.testing",
+    "akidb_embed.pytest_plugin",
+    "tqdm",
+    "pytest",
+    "asyncio",
+)
 
 
 def loaded_after(code: str) -> set[str]:
     script = f"import sys, json\n{code}\nprint(json.dumps(sorted(sys.modules)))\n"
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     return set(json.loads(out.stdout))
 
 
@@ -35,7 +51,7 @@ def test_mock_use_pulls_nothing_heavy() -> None:
         "with akidb_embed.EmbeddingManager.from_config(provider='mock') as m:\n"
         "    m.embed(['x'])\n"
     )
-    assert offenders(loaded, HEAVY + ("akidb_embed_onnx", "akidb_embed_mlx")) == []
+    assert offenders(loaded, (*HEAVY, "akidb_embed_onnx", "akidb_embed_mlx")) == []
 
 
 def test_listing_providers_imports_no_heavy_dependency() -> None:
@@ -52,6 +68,7 @@ def test_public_api_names() -> None:
     fields = akidb_embed.ModelInfo.__dataclass_fields__
     for name in ("provider", "model", "dimension", "max_tokens", "pooling", "normalized"):
         assert name in fields
-    info = akidb_embed.ModelInfo(provider="p", model="m", dimension=3, max_tokens=None,
-                                 pooling="mean", normalized=True)
+    info = akidb_embed.ModelInfo(
+        provider="p", model="m", dimension=3, max_tokens=None, pooling="mean", normalized=True
+    )
     assert hash(info) == hash(akidb_embed.ModelInfo.from_dict(info.to_dict()))

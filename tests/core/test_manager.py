@@ -35,8 +35,14 @@ class ArrayProvider:
         self.closed = 0
 
     def info(self) -> ModelInfo:
-        return ModelInfo(provider="array", model="array", dimension=self.dimension,
-                         max_tokens=None, pooling="none", normalized=self.normalized)
+        return ModelInfo(
+            provider="array",
+            model="array",
+            dimension=self.dimension,
+            max_tokens=None,
+            pooling="none",
+            normalized=self.normalized,
+        )
 
     def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
         return self.make(texts)
@@ -47,8 +53,9 @@ class ArrayProvider:
 
 def manager_for(provider, **config) -> EmbeddingManager:
     info = provider.info()
-    return EmbeddingManager(provider, EmbeddingConfig(provider=info.provider, model=info.model,
-                                                      **config))
+    return EmbeddingManager(
+        provider, EmbeddingConfig(provider=info.provider, model=info.model, **config)
+    )
 
 
 def test_embed_shapes_and_norms(embedding_manager: EmbeddingManager) -> None:
@@ -179,7 +186,7 @@ def test_float64_output_becomes_float32() -> None:
 def test_provider_exception_is_wrapped_and_counted() -> None:
     provider = MockEmbeddingProvider(fail_on={"bad"})
     manager = manager_for(provider, cache_size=0)
-    with pytest.raises(ProviderError, match="'mock'.*MockProviderFailure") as info:
+    with pytest.raises(ProviderError, match=r"'mock'.*MockProviderFailure") as info:
         manager.embed(["good", "bad"])
     assert isinstance(info.value.__cause__, MockProviderFailure)
     assert manager.embed(["good"]).shape == (1, 384)
@@ -210,8 +217,9 @@ def test_prompts_are_prepended() -> None:
     class Prompted(MockEmbeddingProvider):
         def info(self) -> ModelInfo:
             base = super().info()
-            return ModelInfo(**{**base.to_dict(), "prompts": {"query": "query: ",
-                                                              "document": "passage: "}})
+            return ModelInfo(
+                **{**base.to_dict(), "prompts": {"query": "query: ", "document": "passage: "}}
+            )
 
     provider = Prompted()
     manager = manager_for(provider, cache_size=0)
@@ -232,8 +240,9 @@ def test_thread_safety_many_threads(mock_provider) -> None:
         try:
             for i in range(30):
                 texts = [f"thread {t} item {i} {j}" for j in range(t % 5 + 1)] + ["shared"]
-                np.testing.assert_allclose(manager.embed(texts), reference.embed_batch(texts),
-                                           atol=1e-6)
+                np.testing.assert_allclose(
+                    manager.embed(texts), reference.embed_batch(texts), atol=1e-6
+                )
         except BaseException as exc:
             errors.append(exc)
 

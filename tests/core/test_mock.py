@@ -29,7 +29,10 @@ def test_deterministic_across_processes_and_hash_seeds() -> None:
     for seed in ("0", "1", "12345"):
         result = subprocess.run(
             [sys.executable, "-c", SCRIPT, json.dumps(TEXTS)],
-            capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": seed, "PATH": ""},
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PYTHONHASHSEED": seed, "PATH": ""},
         )
         assert result.stdout.strip() == here
 
@@ -39,8 +42,11 @@ def test_golden_values() -> None:
     # (BLAKE2b-derived directions, float64 accumulation, float32 output).
     out = MockEmbeddingProvider().embed_batch(["hello world"])[0]
     np.testing.assert_allclose(
-        out[:4], [0.0905778557062149, -0.004646850749850273, -0.02305314689874649,
-                  0.10939373075962067], rtol=0, atol=1e-7)
+        out[:4],
+        [0.0905778557062149, -0.004646850749850273, -0.02305314689874649, 0.10939373075962067],
+        rtol=0,
+        atol=1e-7,
+    )
 
 
 def test_unit_norm_and_dimension() -> None:
@@ -51,7 +57,8 @@ def test_unit_norm_and_dimension() -> None:
 
 def test_shared_words_are_closer() -> None:
     a, b, c = MockEmbeddingProvider().embed_batch(
-        ["the quick brown fox", "a quick brown dog", "interest rates and inflation"])
+        ["the quick brown fox", "a quick brown dog", "interest rates and inflation"]
+    )
     assert a @ b > 0.3
     assert abs(a @ c) < 0.2
     assert a @ b > a @ c + 0.2
@@ -95,8 +102,9 @@ def test_latency_injection() -> None:
 
 
 def test_from_config_options() -> None:
-    config = EmbeddingConfig(provider="mock", model="my-mock",
-                             options={"dimension": 32, "seed": 3, "latency": 0})
+    config = EmbeddingConfig(
+        provider="mock", model="my-mock", options={"dimension": 32, "seed": 3, "latency": 0}
+    )
     provider = MockEmbeddingProvider(config)
     info = provider.info()
     assert info.dimension == 32 and info.model == "my-mock" and info.normalized

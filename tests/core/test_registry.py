@@ -80,7 +80,9 @@ def test_known_but_missing_provider_gives_install_command(site: Path) -> None:
 def test_known_provider_names_extra_when_absent(monkeypatch: pytest.MonkeyPatch) -> None:
     # Known names (onnx, mlx) are in a table of install hints; a known name with no
     # installed entry point says which extra to install.
-    monkeypatch.setitem(akidb_embed._registry._INSTALL_HINTS, "tpu", "pip install 'akidb-embed[tpu]'")
+    monkeypatch.setitem(
+        akidb_embed._registry._INSTALL_HINTS, "tpu", "pip install 'akidb-embed[tpu]'"
+    )
     with pytest.raises(ProviderNotInstalledError, match=r"pip install 'akidb-embed\[tpu\]'"):
         get_provider_class("tpu")
     with pytest.raises(ProviderNotInstalledError, match=r"akidb-embed\[tpu\]"):
@@ -88,10 +90,18 @@ def test_known_provider_names_extra_when_absent(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_missing_requirement_reported_without_import(site: Path) -> None:
-    make_dist(site, "needs-thing", {"needy": "needy_mod:Needy"}, {"needy_mod": GOOD + """
+    make_dist(
+        site,
+        "needs-thing",
+        {"needy": "needy_mod:Needy"},
+        {
+            "needy_mod": GOOD
+            + """
     Good.requires = ("surely_not_installed_module_xyz",)
     Needy = Good
-    """})
+    """
+        },
+    )
     rows = available_providers()
     assert not rows["needy"].loadable
     assert "surely_not_installed_module_xyz" in rows["needy"].reason
@@ -101,8 +111,12 @@ def test_missing_requirement_reported_without_import(site: Path) -> None:
 
 
 def test_broken_plugin_does_not_hide_others(site: Path) -> None:
-    make_dist(site, "broken-plugin", {"broken": "broken_mod:Provider"},
-              {"broken_mod": "raise RuntimeError('boom at import')\n"})
+    make_dist(
+        site,
+        "broken-plugin",
+        {"broken": "broken_mod:Provider"},
+        {"broken_mod": "raise RuntimeError('boom at import')\n"},
+    )
     make_dist(site, "good-plugin", {"good": "good_mod:Good"}, {"good_mod": GOOD})
     rows = available_providers()
     assert not rows["broken"].loadable and "boom at import" in rows["broken"].reason
@@ -154,7 +168,7 @@ def test_register_provider_in_process() -> None:
 
 
 def test_register_cannot_shadow_entry_point_silently() -> None:
-    with pytest.raises(DuplicateProviderError, match="akidb_embed.mock:MockEmbeddingProvider"):
+    with pytest.raises(DuplicateProviderError, match=r"akidb_embed\.mock:MockEmbeddingProvider"):
         register_provider("mock", MockEmbeddingProvider)
 
 
@@ -178,7 +192,7 @@ def test_factory_failure_names_provider() -> None:
         raise OSError("model file unreadable")
 
     register_provider("explodes", explode)
-    with pytest.raises(ProviderError, match="'explodes'.*model file unreadable"):
+    with pytest.raises(ProviderError, match=r"'explodes'.*model file unreadable"):
         EmbeddingManager.from_config(EmbeddingConfig(provider="explodes"))
 
 

@@ -30,8 +30,13 @@ def test_selected_through_environment(monkeypatch) -> None:
 
 def test_selected_through_environment_in_the_cli() -> None:
     env = {**os.environ, "AKIDB_EMBEDDING_PROVIDER": "ngram"}
-    out = subprocess.run([sys.executable, "-m", "akidb_embed.cli", "embed", "hello"], env=env,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "akidb_embed.cli", "embed", "hello"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     doc = json.loads(out)
     assert doc["model"] == "char-3gram-256"
     assert np.isclose(np.linalg.norm(doc["data"][0]["embedding"]), 1.0)

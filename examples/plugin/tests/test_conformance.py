@@ -1,8 +1,8 @@
 import numpy as np
+from akidb_embed_ngram import NgramProvider
 
 from akidb_embed import EmbeddingConfig
 from akidb_embed.testing import ProviderConformance
-from akidb_embed_ngram import NgramProvider
 
 
 class TestNgramConformance(ProviderConformance):

@@ -28,9 +28,14 @@ class NgramProvider:
             raise ValueError("ngram options 'dimension' and 'n' must be >= 1")
 
     def info(self) -> ModelInfo:
-        return ModelInfo(provider="ngram", model=f"char-{self.n}gram-{self.dimension}",
-                         dimension=self.dimension, max_tokens=None, pooling="sum",
-                         normalized=True)
+        return ModelInfo(
+            provider="ngram",
+            model=f"char-{self.n}gram-{self.dimension}",
+            dimension=self.dimension,
+            max_tokens=None,
+            pooling="sum",
+            normalized=True,
+        )
 
     def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)
