@@ -21,6 +21,7 @@ from .errors import (
     ProviderClosedError,
     ProviderError,
     ProviderOutputError,
+    TruncationError,
 )
 
 __all__ = ["EmbeddingManager", "validate_texts"]
@@ -209,9 +210,20 @@ class EmbeddingManager:
         """
         return self._run(texts, normalize, prompt_name, progress)[0]
 
-    def embed_documents(self, texts: Sequence[str], *, normalize: bool | None = None) -> np.ndarray:
+    def embed_documents(
+        self,
+        texts: Sequence[str],
+        *,
+        normalize: bool | None = None,
+        progress: bool | ProgressCallback = False,
+    ) -> np.ndarray:
         """Embed *texts* as documents (the model's ``document`` prompt, if it has one)."""
         name = "document" if "document" in self._info.prompts else None
+        return self.embed(texts, normalize=normalize, prompt_name=name, progress=progress)
+
+    def embed_queries(self, texts: Sequence[str], *, normalize: bool | None = None) -> np.ndarray:
+        """Embed several queries at once (the model's ``query`` prompt, if it has one)."""
+        name = "query" if "query" in self._info.prompts else None
         return self.embed(texts, normalize=normalize, prompt_name=name)
 
     def embed_query(self, text: str, *, normalize: bool | None = None) -> np.ndarray:
@@ -221,8 +233,7 @@ class EmbeddingManager:
         """
         if not isinstance(text, str):
             raise EmbeddingInputError(f"query must be str, got {type(text).__name__}")
-        name = "query" if "query" in self._info.prompts else None
-        return self.embed([text], normalize=normalize, prompt_name=name)[0]
+        return self.embed_queries([text], normalize=normalize)[0]
 
     def embed_batch(self, request: BatchEmbeddingRequest) -> BatchEmbeddingResponse:
         """Serve a :class:`BatchEmbeddingRequest` (what the HTTP API and the bridge speak)."""
@@ -374,7 +385,14 @@ class EmbeddingManager:
             bs = self.config.batch_size
             for start in range(0, len(todo), bs):
                 chunk = todo[start : start + bs]
-                vectors, chunk_usage = self._call_provider(chunk)
+                try:
+                    vectors, chunk_usage = self._call_provider(chunk)
+                except TruncationError as exc:
+                    # The provider saw a de-duplicated, sorted chunk: name the caller's index.
+                    if not 0 <= exc.index < len(chunk):
+                        raise
+                    caller_index = positions[chunk[exc.index]][0]
+                    raise TruncationError(caller_index, exc.tokens, exc.max_tokens) from exc
                 for text, vector in zip(chunk, vectors, strict=False):
                     vector.setflags(write=False)
                     self._cache.put(text, vector)

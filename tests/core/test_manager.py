@@ -355,3 +355,21 @@ def test_progress_callback(mock_provider) -> None:
     seen: list[int] = []
     manager.embed([f"t{i}" for i in range(10)], progress=seen.append)
     assert seen == [4, 8, 10]
+
+
+def test_truncation_error_names_the_callers_index() -> None:
+    from akidb_embed.errors import TruncationError
+
+    class Strict(MockEmbeddingProvider):
+        def embed_batch_with_usage(self, texts):
+            for i, text in enumerate(texts):
+                if len(text.split()) > 5:
+                    raise TruncationError(i, len(text.split()), 5)
+            return super().embed_batch_with_usage(texts)
+
+    manager = manager_for(Strict(), batch_size=2, cache_size=0)
+    texts = ["short", "a b", "short", "w " * 9, "x y z"]
+    with pytest.raises(TruncationError) as info:
+        manager.embed(texts)
+    assert info.value.index == 3 and info.value.tokens == 9
+    assert "index 3" in str(info.value)

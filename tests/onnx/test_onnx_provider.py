@@ -1,0 +1,312 @@
+"""The onnx provider on the real all-MiniLM-L6-v2 weights, against sentence-transformers."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from akidb_embed import (
+    BatchEmbeddingRequest,
+    EmbeddingConfig,
+    EmbeddingManager,
+    available_providers,
+)
+from akidb_embed.errors import (
+    ConfigTypeError,
+    ExecutionProviderError,
+    ModelNotFoundError,
+    ProviderClosedError,
+    TruncationError,
+    UnknownConfigKeyError,
+)
+from akidb_embed.models import available_cores
+from akidb_embed.testing import ProviderConformance
+from akidb_embed_onnx import OnnxEmbeddingProvider
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    return np.sum(a64 * b64, axis=1) / (np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1))
+
+
+def _linked_copy(src: Path, dst: Path) -> Path:
+    """A folder of symlinks to *src*'s files, so a test can rename or edit a few."""
+    for file in src.rglob("*"):
+        if file.is_file():
+            target = dst / file.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(file)
+    return dst
+
+
+def _provider(model: Path, **kwargs: object) -> OnnxEmbeddingProvider:
+    return OnnxEmbeddingProvider(EmbeddingConfig(provider="onnx", model=str(model), **kwargs))  # type: ignore[arg-type]
+
+
+# --- parity with sentence-transformers ------------------------------------------------------
+
+
+def test_fp32_matches_sentence_transformers_on_every_text(
+    onnx_provider: OnnxEmbeddingProvider, texts: list[str], st_vectors: np.ndarray
+) -> None:
+    tokens = onnx_provider.text_lengths(texts)
+    assert len(texts) >= 200
+    assert sum(t == 256 for t in tokens) >= 30, "the set must hold texts past 256 tokens"
+    vectors = onnx_provider.embed_batch(texts)
+    cos = _cosines(vectors, st_vectors)
+    worst = int(np.argmin(cos))
+    assert cos.min() >= 0.9999, f"text {worst} ({texts[worst]!r:.60}): cosine {cos[worst]:.6f}"
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_int8_keeps_quality_on_every_text(
+    int8_provider: OnnxEmbeddingProvider, texts: list[str], st_vectors: np.ndarray
+) -> None:
+    assert int8_provider.info().dtype == "int8"
+    cos = _cosines(int8_provider.embed_batch(texts), st_vectors)
+    worst = int(np.argmin(cos))
+    assert cos.min() >= 0.98, f"text {worst} ({texts[worst]!r:.60}): cosine {cos[worst]:.4f}"
+
+
+def test_manager_gives_the_same_vectors(
+    minilm_onnx_dir: Path, texts: list[str], st_vectors: np.ndarray
+) -> None:
+    sample = slice(0, None, 4)
+    with EmbeddingManager.from_config(provider="onnx", model=str(minilm_onnx_dir)) as manager:
+        vectors = manager.embed(texts[sample])
+        assert manager.info.provider == "onnx"
+    assert _cosines(vectors, st_vectors[sample]).min() >= 0.9999
+
+
+def test_max_length_matches_sentence_transformers_at_that_length(
+    minilm_onnx_dir: Path, st_model: object, texts: list[str]
+) -> None:
+    provider = _provider(minilm_onnx_dir, max_length=16)
+    assert provider.info().max_tokens == 16
+    sample = texts[:40] + texts[-10:]
+    st_model.max_seq_length = 16  # type: ignore[attr-defined]
+    try:
+        expected = st_model.encode(sample, convert_to_numpy=True)  # type: ignore[attr-defined]
+    finally:
+        st_model.max_seq_length = 256  # type: ignore[attr-defined]
+    assert _cosines(provider.embed_batch(sample), expected).min() >= 0.9999
+    provider.close()
+
+
+def test_max_length_is_capped_at_the_models_limit(minilm_onnx_dir: Path) -> None:
+    provider = _provider(minilm_onnx_dir, max_length=4096)
+    assert provider.info().max_tokens == 256
+    provider.close()
+
+
+# --- batching, order, usage --------------------------------------------------------------------
+
+
+def test_order_restored_and_batch_invariant(
+    onnx_provider: OnnxEmbeddingProvider, texts: list[str]
+) -> None:
+    sample = texts[:60] + texts[-6:]
+    reference = onnx_provider.embed_batch(sample)
+    order = list(range(len(sample)))
+    random.Random(5).shuffle(order)
+    shuffled = onnx_provider.embed_batch([sample[i] for i in order])
+    np.testing.assert_allclose(shuffled, reference[order], atol=1e-5)
+    for i in (0, 1, 7, len(sample) - 1):
+        np.testing.assert_allclose(
+            onnx_provider.embed_batch([sample[i]])[0], reference[i], atol=1e-5
+        )
+
+
+def test_sub_batches_follow_batch_size(
+    minilm_onnx_dir: Path, onnx_provider: OnnxEmbeddingProvider, texts: list[str]
+) -> None:
+    small = _provider(minilm_onnx_dir, batch_size=3)
+    sample = texts[:30] + texts[-4:]
+    np.testing.assert_allclose(
+        small.embed_batch(sample), onnx_provider.embed_batch(sample), atol=1e-5
+    )
+    small.close()
+
+
+def test_session_batch_size(
+    minilm_onnx_dir: Path, onnx_provider: OnnxEmbeddingProvider, texts: list[str]
+) -> None:
+    assert onnx_provider.session_batch_size == 8  # CPU default, below batch_size (32)
+    wide = _provider(minilm_onnx_dir, options={"session_batch_size": 64})
+    assert wide.session_batch_size == 32  # never above batch_size
+    sample = texts[:40] + texts[-4:]
+    np.testing.assert_allclose(
+        wide.embed_batch(sample), onnx_provider.embed_batch(sample), atol=1e-5
+    )
+    wide.close()
+
+
+def test_text_lengths_are_token_counts(onnx_provider: OnnxEmbeddingProvider) -> None:
+    assert onnx_provider.text_lengths(["", "hello world", "word " * 1000]) == [2, 4, 256]
+
+
+def test_truncation_is_counted(minilm_onnx_dir: Path, texts: list[str]) -> None:
+    long_texts = [t for t in texts if len(t.split()) > 300]
+    short = ["short one", "another short text"]
+    with EmbeddingManager.from_config(provider="onnx", model=str(minilm_onnx_dir)) as manager:
+        response = manager.embed_batch(BatchEmbeddingRequest(None, long_texts + short))
+        assert response.usage["truncated"] == len(long_texts)
+        assert response.usage["prompt_tokens"] == 256 * len(long_texts) + 4 + 5
+        assert manager.stats()["truncated"] == len(long_texts)
+        _, usage = manager.provider.embed_batch_with_usage(short)  # type: ignore[attr-defined]
+        assert usage == {"prompt_tokens": 9, "truncated": 0}
+
+
+def test_truncation_error_names_index_and_token_count(minilm_onnx_dir: Path) -> None:
+    provider = _provider(minilm_onnx_dir, truncation="error")
+    long_text = "word " * 300  # 300 tokens + [CLS] + [SEP]
+    with pytest.raises(TruncationError) as info:
+        provider.embed_batch(["fine", "also fine", long_text])
+    assert info.value.index == 2
+    assert info.value.tokens == 302
+    assert info.value.max_tokens == 256
+    assert "index 2 has 302 tokens" in str(info.value)
+    assert provider.embed_batch(["word " * 254]).shape == (1, 384)  # exactly 256: no error
+    provider.close()
+
+
+# --- options ------------------------------------------------------------------------------
+
+
+def test_onnx_file_option(
+    minilm_onnx_dir: Path, tmp_path: Path, onnx_provider: OnnxEmbeddingProvider
+) -> None:
+    folder = _linked_copy(minilm_onnx_dir, tmp_path / "repo")
+    (folder / "onnx" / "model.onnx").rename(folder / "onnx" / "model_O2.onnx")
+    with pytest.raises(ModelNotFoundError, match="onnx_file"):
+        _provider(folder)
+    for name in ("model_O2.onnx", "onnx/model_O2.onnx"):
+        provider = _provider(folder, options={"onnx_file": name})
+        assert provider.onnx_path.name == "model_O2.onnx"
+        np.testing.assert_allclose(
+            provider.embed_batch(["same file"]), onnx_provider.embed_batch(["same file"]), atol=1e-6
+        )
+        provider.close()
+    with pytest.raises(ModelNotFoundError, match=r"model_qint8_avx512\.onnx"):
+        _provider(folder, options={"onnx_file": "model_qint8_avx512.onnx"})
+
+
+def test_model_onnx_at_the_root(minilm_onnx_dir: Path, tmp_path: Path) -> None:
+    folder = _linked_copy(minilm_onnx_dir, tmp_path / "flat")
+    (folder / "onnx" / "model.onnx").rename(folder / "model.onnx")
+    provider = _provider(folder)
+    assert provider.onnx_path == folder / "model.onnx"
+    provider.close()
+
+
+def test_unknown_execution_provider_is_an_error(minilm_onnx_dir: Path) -> None:
+    with pytest.raises(ExecutionProviderError, match=r"CUDAExecutionProvider.*never falls back"):
+        _provider(minilm_onnx_dir, options={"execution_providers": ["cuda"]})
+    with pytest.raises(ExecutionProviderError, match="NoSuchExecutionProvider"):
+        _provider(minilm_onnx_dir, options={"execution_providers": ["NoSuchExecutionProvider"]})
+
+
+def test_explicit_cpu_and_threads(minilm_onnx_dir: Path) -> None:
+    provider = _provider(minilm_onnx_dir, options={"execution_providers": ["cpu"], "threads": 1})
+    assert provider.execution_providers == ["CPUExecutionProvider"]
+    assert provider.threads == 1
+    provider.close()
+    default = _provider(minilm_onnx_dir)
+    assert default.threads == available_cores()
+    default.close()
+
+
+def test_bad_options(minilm_onnx_dir: Path) -> None:
+    with pytest.raises(UnknownConfigKeyError, match="Did you mean 'threads'"):
+        _provider(minilm_onnx_dir, options={"thread": 2})
+    with pytest.raises(ConfigTypeError):
+        _provider(minilm_onnx_dir, options={"threads": "two"})
+    with pytest.raises(ConfigTypeError):
+        _provider(minilm_onnx_dir, options={"execution_providers": 3})
+
+
+def test_prompts_from_the_model_config(
+    minilm_onnx_dir: Path, tmp_path: Path, onnx_provider: OnnxEmbeddingProvider
+) -> None:
+    folder = _linked_copy(minilm_onnx_dir, tmp_path / "prompted")
+    config = folder / "config_sentence_transformers.json"
+    config.unlink()
+    config.write_text(json.dumps({"prompts": {"query": "query: ", "document": "passage: "}}))
+    provider = _provider(folder)
+    assert provider.info().prompts == {"query": "query: ", "document": "passage: "}
+    with EmbeddingManager(provider, EmbeddingConfig(provider="onnx", model=str(folder))) as manager:
+        query = manager.embed_query("what is onnx")
+        docs = manager.embed_documents(["onnx is a format"])
+    expected = onnx_provider.embed_batch(["query: what is onnx", "passage: onnx is a format"])
+    np.testing.assert_allclose(query, expected[0], atol=1e-5)
+    np.testing.assert_allclose(docs[0], expected[1], atol=1e-5)
+
+
+def test_info(onnx_provider: OnnxEmbeddingProvider, minilm_onnx_dir: Path) -> None:
+    info = onnx_provider.info()
+    assert (info.provider, info.dimension, info.max_tokens) == ("onnx", 384, 256)
+    assert (info.pooling, info.normalized, info.dtype) == ("mean", True, "float32")
+    assert info.model == str(minilm_onnx_dir)
+    assert info.revision is None
+
+
+def test_closed_provider_refuses_work(minilm_onnx_dir: Path) -> None:
+    provider = _provider(minilm_onnx_dir)
+    provider.close()
+    provider.close()
+    with pytest.raises(ProviderClosedError):
+        provider.embed_batch(["too late"])
+
+
+def test_registered_through_the_entry_point() -> None:
+    status = available_providers()["onnx"]
+    assert status.loadable, status.reason
+    assert status.distribution == "akidb-embed-onnx"
+
+
+def test_import_is_light() -> None:
+    code = (
+        "import sys, akidb_embed, akidb_embed_onnx, akidb_embed_onnx._cli; "
+        "heavy = [m for m in ('onnxruntime', 'tokenizers', 'huggingface_hub', 'torch', 'onnx') "
+        "if m in sys.modules]; print(','.join(heavy))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AKIDB_")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    assert out.stdout.strip() == ""
+
+
+# --- the conformance suite ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="class")
+def _onnx_dirs(minilm_onnx_dir: Path, minilm_onnx_int8_dir: Path) -> None:
+    TestOnnxConformance.model_dir = minilm_onnx_dir
+    TestOnnxInt8Conformance.model_dir = minilm_onnx_int8_dir
+
+
+@pytest.mark.usefixtures("_onnx_dirs")
+class TestOnnxConformance(ProviderConformance):
+    model_dir: Path
+
+    def make_provider(self) -> OnnxEmbeddingProvider:
+        return _provider(self.model_dir)
+
+
+@pytest.mark.usefixtures("_onnx_dirs")
+class TestOnnxInt8Conformance(ProviderConformance):
+    # Dynamic quantization scales activations per batch, so a text's vector moves a
+    # little with its neighbours (never below the parity threshold).
+    batch_atol = 0.02
+    model_dir: Path
+
+    def make_provider(self) -> OnnxEmbeddingProvider:
+        return _provider(self.model_dir)
