@@ -87,6 +87,12 @@ class ScriptedLengthsProvider(ScriptedProvider):
         return [len(t.split()) for t in texts]
 
 
+class SerialProvider(ScriptedProvider):
+    """Not thread-safe: its worker serves one request at a time, whatever ``concurrency``."""
+
+    thread_safe = False
+
+
 class PlainProvider:
     """Only the required method: no usage, no lengths."""
 
@@ -105,4 +111,5 @@ class PlainProvider:
 
 register_provider("scripted", ScriptedProvider)
 register_provider("scripted-lengths", ScriptedLengthsProvider)
+register_provider("scripted-serial", SerialProvider)
 register_provider("plain", PlainProvider)

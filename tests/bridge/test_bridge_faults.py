@@ -131,11 +131,21 @@ def test_timeout_kills_and_replaces_the_worker(
     np.testing.assert_array_equal(bridge.embed_batch(["served"]), expect(["served"]))
 
 
-def test_queued_requests_do_not_time_out_behind_a_busy_worker(make_bridge: MakeBridge) -> None:
+@pytest.mark.parametrize(
+    ("target", "concurrency"),
+    [
+        ("mock", 1),
+        # Not thread-safe: its worker serves one at a time although 8 were asked for.
+        ("scripted-serial", 8),
+    ],
+)
+def test_queued_requests_do_not_time_out_behind_a_busy_worker(
+    make_bridge: MakeBridge, target: str, concurrency: int
+) -> None:
     # The worker serves one request at a time, 0.25 s each: the last of 12 threads
     # waits about 2.75 s for its turn, longer than its timeout, which must only
     # measure the worker's work on it.
-    bridge = make_bridge("mock", latency=0.25, timeout=1.5)
+    bridge = make_bridge(target, latency=0.25, timeout=1.5, concurrency=concurrency)
     pid = bridge.worker_pid
     results: dict[int, object] = {}
 
