@@ -74,9 +74,9 @@ def _config_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _load_config(args: argparse.Namespace) -> Any:
-    from ._config import EmbeddingConfig
-
+def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The configuration keys given on the command line (``--option`` values as JSON when
+    they parse, else as strings)."""
     overrides: dict[str, Any] = {}
     for key in ("provider", "model", "batch_size", "max_length", "truncation", "offline"):
         value = getattr(args, key, None)
@@ -93,7 +93,13 @@ def _load_config(args: argparse.Namespace) -> Any:
             options[key] = raw
     if options:
         overrides["options"] = options
-    return EmbeddingConfig.load(getattr(args, "config", None), **overrides)
+    return overrides
+
+
+def _load_config(args: argparse.Namespace) -> Any:
+    from ._config import EmbeddingConfig
+
+    return EmbeddingConfig.load(getattr(args, "config", None), **_config_overrides(args))
 
 
 # --- providers ----------------------------------------------------------------------------

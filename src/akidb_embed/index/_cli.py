@@ -20,8 +20,6 @@ if TYPE_CHECKING:
 
 __all__ = ["read_corpus", "register", "search_config"]
 
-_CONFIG_KEYS = ("provider", "model", "batch_size", "max_length", "truncation", "offline")
-
 
 def register(subparsers: Any) -> None:
     """Add the ``index`` (with ``build``) and ``search`` subcommands."""
@@ -242,16 +240,6 @@ def search_config(
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    overrides = {k: getattr(args, k) for k in _CONFIG_KEYS if getattr(args, k, None) is not None}
-    options: dict[str, Any] = {}
-    for item in getattr(args, "option", None) or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise IndexInputError(f"--option expects KEY=VALUE, got {item!r}")
-        try:
-            options[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            options[key] = raw
-    if options:
-        overrides["options"] = options
-    return overrides
+    from ..cli import _config_overrides
+
+    return _config_overrides(args)
