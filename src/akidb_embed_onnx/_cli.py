@@ -31,7 +31,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--optimize",
         action="store_true",
-        help="fuse attention, LayerNorm and GELU with onnxruntime's transformer optimizer",
+        help="fuse LayerNorm and bias + GELU with onnxruntime's transformer optimizer",
     )
     parser.add_argument(
         "--quantize",
