@@ -17,7 +17,11 @@ def test_quick_start_runs(minilm_onnx_dir: Path, tmp_path: Path) -> None:
     assert ".cache/models/all-MiniLM-L6-v2-onnx" in code
     code = code.replace(".cache/models/all-MiniLM-L6-v2-onnx", str(minilm_onnx_dir))
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
         env={"HF_HUB_OFFLINE": "1", "PATH": ""},
     )
     assert result.returncode == 0, result.stderr
