@@ -200,7 +200,7 @@ class Worker:
 
     @property
     def alive(self) -> bool:
-        return self._death is None and self._kill_reason is None and self.proc.poll() is None
+        return self._death is None and self._kill_reason is None and not _exited(self.proc)
 
     def stderr_tail(self) -> str:
         text = "\n".join(self._tail)
@@ -586,3 +586,22 @@ def check_texts(texts: Sequence[object]) -> list[str]:
                 f"texts[{i}] must be str, got {type(text).__name__} ({text!r:.60})"
             )
     return out  # type: ignore[return-value]  # every item was checked above
+
+
+def _exited(proc: subprocess.Popen[bytes]) -> bool:
+    """Whether *proc* has exited, without reaping it.
+
+    ``Popen.poll()`` answers "still running" whenever another thread holds its waitpid
+    lock (the reader thread waits for a dying worker), so a corpse could pass for a live
+    worker; ``waitid(WNOWAIT)`` asks the kernel directly and leaves the status in place.
+    """
+    if proc.returncode is not None:
+        return True
+    waitid = getattr(os, "waitid", None)
+    if waitid is None:  # not on macOS: fall back to poll()
+        return proc.poll() is not None
+    try:
+        state = waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:  # already reaped, by us or by someone else
+        return True
+    return state is not None
