@@ -243,12 +243,12 @@ def test_search_takes_settings_from_the_users_config(
     toml = tmp_path / "akidb.toml"
     toml.write_text(
         '[embedding]\nprovider = "mock"\nmax_length = 32\nbatch_size = 7\n'
-        'cache_dir = "/tmp/mine"\n[embedding.options]\nlatency = 0.0\n'
+        'cache_dir = "/srv/mine"\n[embedding.options]\nlatency = 0.0\n'
     )
     config = search_config(recorded, {}, str(toml))
     # The recorded identity wins over the file; the user's own settings come from it.
     assert (config.provider, config.model, config.max_length) == ("mock", "mock", 64)
-    assert (config.batch_size, config.cache_dir) == (7, "/tmp/mine")
+    assert (config.batch_size, config.cache_dir) == (7, "/srv/mine")
     assert config.options == {"latency": 0.0, "seed": 3}
     # The command line wins over both.
     config = search_config(recorded, {"max_length": 16, "options": {"seed": 4}}, str(toml))
