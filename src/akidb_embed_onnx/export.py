@@ -11,15 +11,20 @@ Choices, each measured on all-MiniLM-L6-v2:
 
 * The legacy TorchScript exporter (``dynamo=False``) with ``attn_implementation="eager"``:
   onnxruntime's transformer optimizer recognises BERT's patterns only in that graph.
-* ``--optimize`` fuses GELU with its bias and LayerNorm, but not Attention or
-  SkipLayerNormalization: on the CPU both fused kernels are slower than the plain ops.
+* ``--optimize`` (implied by ``--quantize``) fuses GELU with its bias, LayerNorm and
+  attention into ``MultiHeadAttention`` (Q, K, V stay separate full-width MatMuls), but
+  not SkipLayerNormalization, which is slower on the CPU than LayerNorm + Add.
 * int8 is dynamic quantization with per-channel weights and ``reduce_range=False``
   (per-tensor weights drop some texts to cosine 0.88; ``reduce_range=True`` to 0.66).
   Activations are still quantized per tensor, and BERT's outlier channels make short
-  texts suffer (cosine 0.95 for "OK"), so the exporter first moves activation outliers
-  into the weights, SmoothQuant style: every encoder ``Linear`` gets its input scaled by
-  ``1/s`` per channel and its weight columns by ``s`` (an exact identity in fp32), with
-  ``s = max|x|**alpha / max|w|**(1 - alpha)`` measured on built-in calibration texts.
+  texts suffer (cosine 0.95 for "OK"), so the exporter first
+  - cuts the one or two FFN channels whose activations are outliers (max above 6x the
+    median channel's) into separate rank-k Linears that stay fp32, and
+  - moves the remaining activation outliers of the Linears that read a LayerNorm
+    (Q/K/V, FFN input) into their weights, SmoothQuant style: input scaled by ``1/s``
+    per channel, weight rows by ``s`` (an identity in exact arithmetic), with
+    ``s = max|x|**alpha / max|w|**(1 - alpha)`` measured on built-in calibration texts.
+  Both are exact rewrites of the fp32 model; the int8 model then needs no fp32 layers.
 """
 
 from __future__ import annotations
@@ -67,6 +72,8 @@ QUANTIZE_MODES = ("int8",)
 DEFAULT_SMOOTH_ALPHA = 0.75
 DEFAULT_INT8_TARGET = 0.992
 DEFAULT_OPSET = 17
+# An FFN channel is an outlier when its calibration max exceeds this times the median.
+_OUTLIER_RATIO = 6.0
 _MIN_COSINE = {None: 0.9999, "int8": 0.98}
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ot", ".onnx")
 _SKIP_DIRS = {"onnx", "openvino", ".git", ".cache"}
@@ -321,12 +328,20 @@ def export_model(
         reference = _torch_vectors(torch, wrapper, tokenizer, input_names, spec, PARITY_TEXTS)
 
         ranking: list[str] = []
+        scales: dict[str, np.ndarray] = {}
+        split: dict[str, list[int]] = {}
         if quantize == "int8":
             calibration = _torch_vectors(
                 torch, wrapper, tokenizer, input_names, spec, CALIBRATION_TEXTS
             )
+            split = _split_outlier_channels(torch, wrapper, tokenizer, input_names)
+            if split:
+                say(
+                    "keeping FFN outlier channels in fp32: "
+                    + ", ".join(f"{name} {len(idx)}" for name, idx in split.items())
+                )
             say(f"calibrating int8 on {len(CALIBRATION_TEXTS)} texts (alpha {smooth_alpha})")
-            ranking = _calibrate(torch, wrapper, tokenizer, input_names, smooth_alpha)
+            scales, ranking = _calibrate(torch, wrapper, tokenizer, input_names, smooth_alpha)
 
         onnx_dir = work / "onnx"
         onnx_dir.mkdir()
@@ -337,13 +352,18 @@ def export_model(
         current = fp32_path
         fusion: dict[str, int] = {}
         kept_fp32: list[str] = []
-        if optimize:
+        if optimize or quantize:
             say("optimizing with onnxruntime's transformer optimizer")
             optimized = onnx_dir / ("model_opt.onnx" if quantize else "model.onnx")
             fusion = _optimize(model.config, current, optimized)
             current.unlink()
             current = optimized
         if quantize == "int8":
+            if scales:
+                smoothed = onnx_dir / "model_smooth.onnx"
+                _smooth(onnx, current, smoothed, scales)
+                current.unlink()
+                current = smoothed
             say("quantizing to int8 (dynamic, per-channel, reduce_range=False)")
             kept_fp32 = _quantize_mixed(
                 onnx,
@@ -379,10 +399,11 @@ def export_model(
             "source": str(source),
             "source_revision": resolved.revision,
             "dtype": dtype,
-            "optimize": optimize,
+            "optimize": bool(optimize or quantize),
             "quantize": quantize,
             "smooth_alpha": smooth_alpha if quantize else None,
             "kept_fp32": kept_fp32,
+            "outlier_channels": {name: len(idx) for name, idx in split.items()},
             "opset": opset,
             "fused_operators": fusion,
             "parity": asdict(report),
@@ -503,10 +524,16 @@ def _parity(
 
 def _calibrate(
     torch: Any, wrapper: Any, tokenizer: Any, names: list[str], alpha: float | None
-) -> list[str]:
-    """Measure every encoder Linear's input on the calibration texts, smooth it
-    (SmoothQuant) unless *alpha* is ``None``, and rank the Linears by how heavy-tailed
-    their (smoothed) input stays: the first ones lose most to per-tensor int8."""
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Measure every encoder Linear's input on the calibration texts.
+
+    Returns the SmoothQuant scales of the input channels of the Linears that read a
+    LayerNorm's output (Q/K/V and the FFN input, as in the SmoothQuant paper; none when
+    *alpha* is ``None``; Linears reading the same tensor share one) and every Linear
+    ranked by how heavy-tailed its (smoothed) input stays: the first ones lose most to
+    per-tensor int8. :func:`_smooth` applies the scales to the ONNX graph. Measured on
+    all-MiniLM-L6-v2: smoothing the other Linears too lowers the min cosine (0.9923 vs
+    0.9934 on the test texts) and costs a ``Mul`` each."""
     model = wrapper.inner
     linears = {
         name: module
@@ -540,8 +567,16 @@ def _calibrate(
         ]
         wrapper(*tensors[: len(names)])
 
+    normed: list[Any] = []
+
+    def keep_output(module: Any, args: tuple[Any, ...], output: Any) -> None:
+        normed.append(output)
+
     for name, module in linears.items():
         hooks.append(module.register_forward_pre_hook(record(name)))
+    for module in model.modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            hooks.append(module.register_forward_hook(keep_output))
     try:
         with torch.inference_mode():
             # A first tiny pass keeps every Linear input alive (so no two share an address
@@ -552,28 +587,23 @@ def _calibrate(
             for name in linears:
                 if name in seen:
                     groups.setdefault(seen[name].data_ptr(), []).append(name)
+            after_norm = {out.data_ptr() for out in normed if hasattr(out, "data_ptr")}
+            smoothed = {n for ptr, ns in groups.items() if ptr in after_norm for n in ns}
             for table in (seen, amax, msq, rows):
                 table.clear()
+            normed.clear()
             run(CALIBRATION_TEXTS)
     finally:
         for hook in hooks:
             hook.remove()
 
-    class Smoothed(torch.nn.Module):  # type: ignore[misc, name-defined]
-        def __init__(self, linear: Any, inverse: Any) -> None:
-            super().__init__()
-            self.linear = linear
-            self.register_buffer("inverse", inverse)
-
-        def forward(self, x: Any) -> Any:
-            return self.linear(x * self.inverse)
-
     tail: dict[str, float] = {}
+    scales: dict[str, np.ndarray] = {}
     with torch.no_grad():
         for members in groups.values():
             act = torch.stack([amax[n] for n in members]).amax(dim=0).clamp(min=1e-5)
             scale = torch.ones_like(act)
-            if alpha is not None:
+            if alpha is not None and members[0] in smoothed:
                 weight = torch.stack(
                     [linears[n].weight.abs().amax(dim=0).float() for n in members]
                 ).amax(dim=0)
@@ -581,14 +611,172 @@ def _calibrate(
             for name in members:
                 rms = torch.sqrt((msq[name] / rows[name] / scale**2).mean()).item()
                 tail[name] = (amax[name] / scale).max().item() / max(rms, 1e-12)
-                if alpha is None:
-                    continue
-                linear = linears[name]
-                linear.weight.mul_(scale.to(linear.weight.dtype)[None, :])
-                parent_name, _, attr = name.rpartition(".")
-                parent = model.get_submodule(parent_name) if parent_name else model
-                setattr(parent, attr, Smoothed(linear, (1.0 / scale).to(linear.weight.dtype)))
-    return sorted(tail, key=tail.__getitem__, reverse=True)
+                if alpha is not None and name in smoothed:
+                    scales[name] = scale.numpy().astype(np.float32)
+    ranking = sorted(tail, key=tail.__getitem__, reverse=True)
+    return scales, ranking
+
+
+def _split_outlier_channels(
+    torch: Any, wrapper: Any, tokenizer: Any, names: list[str]
+) -> dict[str, list[int]]:
+    """Give each feed-forward block's few outlier channels their own fp32 path.
+
+    In BERT-style FFNs one or two of the intermediate channels (after GELU) reach 15-25
+    on a few tokens while the rest stay below ~6: one per-tensor int8 scale for the
+    FFN output Linear's input then rounds most of its values to a handful of levels.
+    Channels whose calibration max exceeds ``_OUTLIER_RATIO`` times the median max
+    (at most 1% of them) are cut out of both FFN Linears into separate ``outlier``
+    Linears that stay fp32 (rank-k, nearly free); the rest is quantized as before. An
+    exact re-association in fp32: no Slice or copy is added to the graph.
+    Returns ``{ffn output Linear name: [channel, ...]}``.
+    """
+    model = wrapper.inner
+    blocks = []
+    for name, module in model.named_modules():
+        inter, out = getattr(module, "intermediate", None), getattr(module, "output", None)
+        dense_in, dense_out = getattr(inter, "dense", None), getattr(out, "dense", None)
+        act = getattr(inter, "intermediate_act_fn", None)
+        if (
+            isinstance(dense_in, torch.nn.Linear)
+            and isinstance(dense_out, torch.nn.Linear)
+            and act is not None
+            and dense_out.in_features == dense_in.out_features
+        ):
+            blocks.append((name, module, inter, out))
+    if not blocks:
+        return {}
+    amax: dict[str, Any] = {}
+    hooks = []
+
+    def record(key: str) -> Callable[..., None]:
+        def hook(module: Any, args: tuple[Any, ...]) -> None:
+            x = args[0].detach()
+            m = x.reshape(-1, x.shape[-1]).abs().amax(dim=0).float()
+            amax[key] = torch.maximum(amax[key], m) if key in amax else m
+
+        return hook
+
+    for name, _, _, out in blocks:
+        hooks.append(out.dense.register_forward_pre_hook(record(name)))
+    try:
+        with torch.inference_mode():
+            ids, mask = _encode(tokenizer, CALIBRATION_TEXTS)
+            tensors = [torch.from_numpy(ids), torch.from_numpy(mask)]
+            tensors.append(torch.zeros_like(tensors[0]))
+            wrapper(*tensors[: len(names)])
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+    class SplitIntermediate(torch.nn.Module):  # type: ignore[misc, name-defined]
+        def __init__(self, main: Any, outlier: Any, act: Any) -> None:
+            super().__init__()
+            self.main, self.outlier, self.act = main, outlier, act
+
+        def forward(self, x: Any) -> Any:
+            return self.act(self.main(x)), self.act(self.outlier(x))
+
+    class SplitOutput(torch.nn.Module):  # type: ignore[misc, name-defined]
+        def __init__(self, main: Any, outlier: Any) -> None:
+            super().__init__()
+            self.main, self.outlier = main, outlier
+
+        def forward(self, pair: tuple[Any, Any]) -> Any:
+            return self.main(pair[0]) + self.outlier(pair[1])
+
+    def part(linear: Any, rows: Any, cols: Any, bias: bool) -> Any:
+        weight = linear.weight.detach()[rows][:, cols]
+        new = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias)
+        new.weight.data.copy_(weight)
+        if bias and linear.bias is not None:
+            new.bias.data.copy_(linear.bias.detach()[rows])
+        elif new.bias is not None:
+            new.bias.data.zero_()
+        return new
+
+    split: dict[str, list[int]] = {}
+    with torch.no_grad():
+        for name, _, inter, out in blocks:
+            m = amax.get(name)
+            if m is None:
+                continue
+            limit = max(1, m.numel() // 100)
+            ranked = torch.argsort(m, descending=True)[:limit]
+            chosen = sorted(int(i) for i in ranked if m[i] > _OUTLIER_RATIO * m.median())
+            if not chosen:
+                continue
+            width = m.numel()
+            keep = torch.tensor([i for i in range(width) if i not in set(chosen)])
+            outl = torch.tensor(chosen)
+            every_in = torch.arange(inter.dense.in_features)
+            every_out = torch.arange(out.dense.out_features)
+            act = inter.intermediate_act_fn
+            inter_new = SplitIntermediate(
+                part(inter.dense, keep, every_in, True),
+                part(inter.dense, outl, every_in, True),
+                act,
+            )
+            out_new = SplitOutput(
+                part(out.dense, every_out, keep, True),
+                part(out.dense, every_out, outl, False),
+            )
+            layer = model.get_submodule(name)
+            layer.intermediate = inter_new
+            layer.output.dense = out_new
+            split[f"{name}.output.dense"] = chosen
+    return split
+
+
+def _smooth(onnx: Any, src: Path, dst: Path, scales: dict[str, np.ndarray]) -> None:
+    """SmoothQuant on the ONNX graph: for each Linear with a scale ``s``, multiply the
+    rows of its MatMul weight by ``s`` and its input by ``1/s`` (one ``Mul`` per input
+    tensor, shared by the Linears reading it). An identity in exact arithmetic.
+
+    Done after the transformer optimizer, so the ``Mul`` cannot block its fusions."""
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src), load_external_data=False)
+    graph = model.graph
+    weights = {init.name: init for init in graph.initializer}
+    by_path = {
+        node.name.strip("/").replace("/", "."): node
+        for node in graph.node
+        if node.op_type == "MatMul"
+    }
+    groups: dict[str, list[tuple[Any, np.ndarray]]] = {}
+    for name, scale in scales.items():
+        node = by_path.get(f"inner.{name}.MatMul")
+        if node is None or node.input[1] not in weights:
+            continue
+        groups.setdefault(node.input[0], []).append((node, scale))
+    extra_nodes = []
+    for index, (tensor, members) in enumerate(groups.items()):
+        if any(not np.array_equal(scale, members[0][1]) for _, scale in members):
+            raise ExportError(f"Linears reading {tensor} were calibrated with different scales")
+        inverse = numpy_helper.from_array(
+            (1.0 / members[0][1]).astype(np.float32), f"akidb_smooth_{index}"
+        )
+        graph.initializer.append(inverse)
+        output = f"{tensor}_akidb_smoothed"
+        extra_nodes.append(
+            onnx.helper.make_node(
+                "Mul", [tensor, inverse.name], [output], name=f"/akidb/smooth_{index}/Mul"
+            )
+        )
+        for node, scale in members:
+            init = weights[node.input[1]]
+            value = numpy_helper.to_array(init).astype(np.float32)
+            init.CopyFrom(numpy_helper.from_array(value * scale[:, None], init.name))
+            node.input[0] = output
+    # Keep the graph topologically sorted: each Mul goes right before its first reader.
+    nodes = list(graph.node)
+    for mul in extra_nodes:
+        first = next(i for i, n in enumerate(nodes) if mul.output[0] in n.input)
+        nodes.insert(first, mul)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save(model, str(dst))
 
 
 def _torch_export(torch: Any, wrapper: Any, names: list[str], path: Path, opset: int) -> None:
@@ -622,18 +810,22 @@ def _torch_export(torch: Any, wrapper: Any, names: list[str], path: Path, opset:
 
 
 def _optimize(config: Any, src: Path, dst: Path) -> dict[str, int]:
-    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.fusion_options import AttentionMaskFormat, FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     model_type = "bert"
     heads = int(getattr(config, "num_attention_heads", 0) or 0)
     hidden = int(getattr(config, "hidden_size", 0) or 0)
     options = FusionOptions(model_type)
-    # On the CPU (onnxruntime 1.32, all-MiniLM-L6-v2, batches of 8) the fused Attention
-    # runs ~8% slower than the plain graph (its Q/K/V projections are per-head GEMMs
-    # with N = head size), and SkipLayerNormalization is ~8x slower per element than
-    # LayerNormalization + Add: the model runs 12-16% faster without both fusions.
-    options.enable_attention = False
+    # Measured on the CPU (onnxruntime 1.32, all-MiniLM-L6-v2): MultiHeadAttention (Q, K
+    # and V stay three full-width MatMuls, which int8 quantizes) beats both the plain
+    # graph and the fused Attention op (per-head Q/K/V GEMMs with N = head size, ~8%
+    # slower than plain). A 2-D mask works with either padding side (a 1-D "lengths"
+    # mask only with right padding) and measured as fast. SkipLayerNormalization is ~8x
+    # slower per element than LayerNormalization + Add, so it stays unfused.
+    options.enable_attention = True
+    options.use_multi_head_attention = True
+    options.attention_mask_format = AttentionMaskFormat.AttentionMask
     options.enable_skip_layer_norm = False
     options.enable_bias_skip_layer_norm = False
     optimized = optimize_model(
@@ -698,7 +890,8 @@ def _quantize_mixed(
     less speed than dropping int8 altogether.
     """
     nodes = _matmul_nodes(onnx, src)
-    excluded: list[str] = []
+    # The outlier-channel Linears (see _split_outlier_channels) are rank-k: fp32 is free.
+    excluded = [n for n, path in nodes.items() if ".outlier." in f"{path}."]
     kept: list[str] = []
     for step in range(len(ranking) // 4 + 1):
         _quantize_int8(onnx, src, dst, excluded)

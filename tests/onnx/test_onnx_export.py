@@ -36,10 +36,11 @@ def test_export_layout_and_parity_report(minilm_onnx_dir: Path) -> None:
     info = read_export_info(minilm_onnx_dir)
     assert info is not None
     assert info["dtype"] == "float32"
-    # --optimize fuses bias + GELU (which needs the eager TorchScript export), and leaves
-    # out the fusions that run slower on the CPU.
+    # --optimize fuses bias + GELU and attention into MultiHeadAttention (which needs the
+    # eager TorchScript export), and leaves out the fusions that run slower on the CPU.
     assert info["optimize"] is True
     assert info["fused_operators"]["BiasGelu"] == 6
+    assert info["fused_operators"]["MultiHeadAttention"] == 6
     assert "Attention" not in info["fused_operators"]
     assert "SkipLayerNormalization" not in info["fused_operators"]
     assert info["parity"]["texts"] >= 30
@@ -54,11 +55,26 @@ def test_int8_export_report(minilm_onnx_int8_dir: Path, minilm_onnx_dir: Path) -
     assert info is not None
     assert info["dtype"] == "int8" and info["quantize"] == "int8"
     assert 0.98 <= info["parity"]["min_cosine"] < 1.0
-    # Mixed precision stays the exception: most Linear layers are int8.
-    assert len(info["kept_fp32"]) <= 9
+    # The FFN outlier channels get their own fp32 path, so no whole Linear stays fp32.
+    assert info["kept_fp32"] == []
+    assert info["outlier_channels"]
+    assert all(1 <= n <= 15 for n in info["outlier_channels"].values())
+    assert info["optimize"] is True
+    assert info["fused_operators"]["MultiHeadAttention"] == 6
     model = onnx.load(str(minilm_onnx_int8_dir / "onnx" / "model.onnx"))
     ops = {node.op_type for node in model.graph.node}
-    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops
+    assert {"DynamicQuantizeLinear", "MatMulInteger", "MultiHeadAttention"} <= ops
+    # Only the rank-k outlier MatMuls are fp32; every full-width Linear is int8.
+    weights = {init.name: init.dims for init in model.graph.initializer}
+    fp32_linears = [
+        node.name
+        for node in model.graph.node
+        if node.op_type == "MatMul" and node.input[1] in weights
+    ]
+    assert fp32_linears and all(".outlier" in name.replace("/", ".") for name in fp32_linears)
+    # SmoothQuant Muls only on the inputs that are a LayerNorm's output (Q/K/V, FFN in).
+    smooth = [n for n in model.graph.node if n.name.startswith("/akidb/smooth_")]
+    assert len(smooth) == 2 * 6
     assert {p.key: p.value for p in model.metadata_props}["akidb_embed.dtype"] == "int8"
     fp32_size = (minilm_onnx_dir / "onnx" / "model.onnx").stat().st_size
     assert (minilm_onnx_int8_dir / "onnx" / "model.onnx").stat().st_size < fp32_size / 2
@@ -126,3 +142,57 @@ def test_dependency_error_is_an_import_error() -> None:
 def test_export_info_is_json(minilm_onnx_dir: Path) -> None:
     data = json.loads((minilm_onnx_dir / EXPORT_INFO_FILE).read_text())
     assert data["format"] == 1
+
+
+def test_outlier_split_and_smoothing_are_exact(minilm_dir: Path, tmp_path: Path) -> None:
+    """Both int8 preparations rewrite the fp32 model without changing what it computes:
+    the split model gives the same states in torch, and the smoothed ONNX graph gives
+    the same states in onnxruntime."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+    import transformers
+
+    from akidb_embed.models import load_tokenizer
+    from akidb_embed_onnx import export as ex
+
+    model = transformers.AutoModel.from_pretrained(
+        str(minilm_dir), attn_implementation="eager", dtype=torch.float32
+    ).eval()
+    tokenizer = load_tokenizer(minilm_dir, 256)
+    wrapper, names = ex._wrap(torch, model)
+    texts = ["Thanks!", "A longer sentence about interest rates and the central bank.", ""]
+    ids, mask = ex._encode(tokenizer, texts)
+    inputs = [
+        torch.from_numpy(ids),
+        torch.from_numpy(mask),
+        torch.zeros_like(torch.from_numpy(ids)),
+    ]
+    with torch.inference_mode():
+        before = wrapper(*inputs[: len(names)]).numpy()
+    split = ex._split_outlier_channels(torch, wrapper, tokenizer, names)
+    assert split and all(len(ch) == len(set(ch)) for ch in split.values())
+    layer = model.encoder.layer[0]
+    assert type(layer.intermediate).__name__ == "SplitIntermediate"
+    with torch.inference_mode():
+        after = wrapper(*inputs[: len(names)]).numpy()
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=2e-5)
+
+    scales, ranking = ex._calibrate(torch, wrapper, tokenizer, names, 0.75)
+    assert scales and set(scales) <= set(ranking)
+    assert all(".attention.self." in n or ".intermediate." in n for n in scales)
+    plain = tmp_path / "plain.onnx"
+    ex._torch_export(torch, wrapper, names, plain, ex.DEFAULT_OPSET)
+    smoothed = tmp_path / "smoothed.onnx"
+    ex._smooth(onnx, plain, smoothed, scales)
+    feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    feed = {k: v for k, v in feed.items() if k in names}
+    run = {
+        path: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+        for path in (plain, smoothed)
+    }
+    np.testing.assert_allclose(run[smoothed], run[plain], atol=2e-4)
+    np.testing.assert_allclose(run[plain], before, atol=2e-4)
+    muls = [n for n in onnx.load(str(smoothed)).graph.node if n.name.startswith("/akidb/smooth_")]
+    assert len(muls) == 2 * len(model.encoder.layer)

@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from akidb_embed import (
 )
 from akidb_embed.errors import (
     ConfigTypeError,
+    ConfigValueError,
     ExecutionProviderError,
     ModelNotFoundError,
     ProviderClosedError,
@@ -148,6 +150,59 @@ def test_session_batch_size(
     wide.close()
 
 
+def test_concurrent_runs_default_to_int8_on_the_cpu(
+    minilm_onnx_dir: Path, minilm_onnx_int8_dir: Path
+) -> None:
+    fp32 = _provider(minilm_onnx_dir, options={"threads": 2})
+    assert (fp32.concurrent_runs, fp32.session_batch_size) == (1, 8)
+    fp32.close()
+    int8 = _provider(minilm_onnx_int8_dir, options={"threads": 2})
+    assert (int8.concurrent_runs, int8.session_batch_size) == (2, 2)
+    int8.close()
+    single = _provider(minilm_onnx_int8_dir, options={"threads": 1})
+    assert (single.concurrent_runs, single.session_batch_size) == (1, 8)
+    single.close()
+    capped = _provider(minilm_onnx_dir, options={"threads": 2, "concurrent_runs": 8})
+    assert capped.concurrent_runs == 2  # never more runs than threads
+    capped.close()
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "int8"])
+def test_concurrent_runs_give_the_sequential_vectors(
+    dtype: str, minilm_onnx_dir: Path, minilm_onnx_int8_dir: Path, texts: list[str]
+) -> None:
+    """Sub-batches run two at a time on a single-threaded session land in the caller's
+    order and equal the same sub-batches run one after the other."""
+    folder = minilm_onnx_dir if dtype == "fp32" else minilm_onnx_int8_dir
+    threads_before = set(threading.enumerate())
+    sample = texts[:60] + texts[-6:]
+    random.Random(7).shuffle(sample)
+    options = {"threads": 2, "session_batch_size": 3}
+    concurrent = _provider(folder, options={**options, "concurrent_runs": 2})
+    sequential = _provider(folder, options={**options, "concurrent_runs": 1})
+    got = concurrent.embed_batch(sample)
+    want = sequential.embed_batch(sample)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    # A one-run call (a query) takes the multi-threaded session in both.
+    np.testing.assert_allclose(
+        concurrent.embed_batch(sample[:1]), sequential.embed_batch(sample[:1]), atol=1e-6
+    )
+    assert concurrent._pool is not None and sequential._pool is None
+    sequential.close()
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as callers:  # calls from several threads share the pool
+        results = list(callers.map(concurrent.embed_batch, [sample] * 6))
+    for result in results:
+        np.testing.assert_allclose(result, want, atol=1e-5)
+    concurrent.close()
+    left = [t for t in set(threading.enumerate()) - threads_before if "akidb-embed" in t.name]
+    assert not left  # close() joined the provider's run threads
+    with pytest.raises(ProviderClosedError):
+        concurrent.embed_batch(sample)
+
+
 def test_text_lengths_are_token_counts(onnx_provider: OnnxEmbeddingProvider) -> None:
     assert onnx_provider.text_lengths(["", "hello world", "word " * 1000]) == [2, 4, 256]
 
@@ -230,6 +285,8 @@ def test_bad_options(minilm_onnx_dir: Path) -> None:
         _provider(minilm_onnx_dir, options={"threads": "two"})
     with pytest.raises(ConfigTypeError):
         _provider(minilm_onnx_dir, options={"execution_providers": 3})
+    with pytest.raises(ConfigValueError, match="concurrent_runs"):
+        _provider(minilm_onnx_dir, options={"concurrent_runs": 0})
 
 
 def test_prompts_from_the_model_config(
