@@ -114,7 +114,7 @@ def minilm_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def minilm_onnx_dir() -> Path:
-    """all-MiniLM-L6-v2 exported to fp32 ONNX with ``--optimize`` (fused attention):
+    """all-MiniLM-L6-v2 exported to fp32 ONNX with ``--optimize`` (MultiHeadAttention, bias+GELU):
     ``onnx/model.onnx`` + tokenizer + sentence-transformers configs."""
     return cached_export("minilm-fp32", "--optimize")
 

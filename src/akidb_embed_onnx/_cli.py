@@ -31,13 +31,14 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--optimize",
         action="store_true",
-        help="fuse LayerNorm and bias + GELU with onnxruntime's transformer optimizer",
+        help="fuse attention, LayerNorm and bias + GELU (onnxruntime's transformer optimizer)",
     )
     parser.add_argument(
         "--quantize",
         choices=("int8",),
         default=None,
-        help="dynamic int8 quantization (per-channel weights, smoothed activations)",
+        help="dynamic int8 quantization (per-channel weights, smoothed activations; "
+        "implies --optimize)",
     )
     parser.add_argument("--revision", default=None, help="branch, tag or commit of the repo")
     parser.add_argument("--cache-dir", default=None, help="Hugging Face hub cache folder")

@@ -253,10 +253,11 @@ def export_model(
         Destination folder. It is written whole or not at all (built next to it,
         then renamed). An existing non-empty folder needs *overwrite*.
     optimize:
-        Run onnxruntime's transformer optimizer (fused LayerNorm and bias + GELU; not
-        Attention nor SkipLayerNormalization, which run slower on the CPU).
+        Run onnxruntime's transformer optimizer (MultiHeadAttention, LayerNorm, bias +
+        GELU; not SkipLayerNormalization, which runs slower on the CPU).
     quantize:
-        ``"int8"``: dynamic int8 quantization, per-channel weights, smoothed activations.
+        ``"int8"``: dynamic int8 quantization, per-channel weights, FFN outlier channels
+        in fp32, smoothed activations. Implies *optimize*.
     smooth_alpha:
         SmoothQuant migration strength for int8 (``None`` disables smoothing).
     min_cosine:
@@ -632,7 +633,7 @@ def _split_outlier_channels(
     Returns ``{ffn output Linear name: [channel, ...]}``.
     """
     model = wrapper.inner
-    blocks = []
+    blocks: list[tuple[str, Any, Any, Any]] = []
     for name, module in model.named_modules():
         inter, out = getattr(module, "intermediate", None), getattr(module, "output", None)
         dense_in, dense_out = getattr(inter, "dense", None), getattr(out, "dense", None)
