@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(HERE))
     sys.path.insert(0, str(REPO / "tests"))
     import corpus
+    from bench_onnx import corpus_flops
     from conftest import cached_export, packaged_minilm  # type: ignore[import-not-found]
 
     from akidb_embed.models import available_cores
@@ -103,20 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or available_cores()
     docs = corpus.documents()[: args.docs]
     source = packaged_minilm()
-    cfg = json.loads((source / "config.json").read_text())
-    h, inter, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
-    from akidb_embed.models import load_tokenizer
-
-    lengths = [len(e.ids) for e in load_tokenizer(source, 256, padding=False).encode_batch(docs)]
-    linear = 2.0 * sum(layers * (4 * n * h * h + 2 * n * h * inter) for n in lengths)
-    attention = 2.0 * sum(layers * 2 * n * n * h for n in lengths)
+    linear, attention, tokens = corpus_flops(source, docs)
     flops = linear + attention
     models = {
         "fp32": cached_export("minilm-fp32", "--optimize"),
         "int8": cached_export("minilm-int8", "--quantize", "int8"),
     }
     print(
-        f"all-MiniLM-L6-v2, {len(docs)} texts ({sum(lengths)} tokens, {flops / 1e9:.0f} GFLOP), "
+        f"all-MiniLM-L6-v2, {len(docs)} texts ({tokens} tokens, {flops / 1e9:.0f} GFLOP), "
         f"{threads} threads, runs of {_CPU_SESSION_BATCH} texts, one session, profiler on\n"
     )
     for name, folder in models.items():

@@ -247,17 +247,17 @@ def _check(name: str, value: Any, source: str) -> None:
     # bool is an int subclass: refuse True where a number is meant, and 1 for a flag.
     if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
         raise ConfigTypeError(name, desc + (" or null" if nullable else ""), value, source)
-    if name == "batch_size" and value < 1:
+    if name == "batch_size" and isinstance(value, int) and value < 1:
         raise ConfigValueError(name, f"must be >= 1, got {value}", source)
-    if name == "max_length" and value < 1:
+    if name == "max_length" and isinstance(value, int) and value < 1:
         raise ConfigValueError(name, f"must be >= 1, got {value}", source)
-    if name == "cache_size" and value < 0:
+    if name == "cache_size" and isinstance(value, int) and value < 0:
         raise ConfigValueError(name, f"must be >= 0, got {value}", source)
     if name == "truncation" and value not in _TRUNCATION_MODES:
         raise ConfigValueError(
             name, f"must be one of {', '.join(map(repr, _TRUNCATION_MODES))}, got {value!r}", source
         )
-    if name in ("provider", "model") and not value.strip():
+    if name in ("provider", "model") and isinstance(value, str) and not value.strip():
         raise ConfigValueError(name, "must not be empty", source)
 
 

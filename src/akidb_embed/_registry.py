@@ -175,7 +175,7 @@ def get_provider_class(name: str) -> ProviderFactory:
     if not candidates:
         if name in _INSTALL_HINTS:
             raise ProviderNotInstalledError(name, _INSTALL_HINTS[name], "not installed")
-        raise UnknownProviderError(name, set(eps) | set(_snapshot()))
+        raise UnknownProviderError(name, sorted(set(eps) | set(_snapshot())))
     if len(candidates) > 1:
         raise DuplicateProviderError(name, _ep_label(candidates[0]), _ep_label(candidates[1]))
     ep = candidates[0]

@@ -101,7 +101,9 @@ class MockEmbeddingProvider:
         model: str = "mock",
     ) -> None:
         options: dict[str, Any] = {}
-        if isinstance(config, int) and not isinstance(config, bool):
+        if isinstance(config, bool):
+            raise TypeError("config must be an EmbeddingConfig or a dimension (int), not a bool")
+        if isinstance(config, int):
             dimension = config if dimension is None else dimension
         elif config is not None:
             options = dict(config.options)

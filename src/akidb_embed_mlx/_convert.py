@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any, cast
 
 from akidb_embed.errors import ConfigValueError, ProviderError
 
@@ -87,7 +88,8 @@ def quantize_checkpoint(
     except ValueError as exc:  # mlx rejects unsupported bits / group sizes this way
         raise ConfigValueError("bits", f"MLX cannot quantize this way: {exc}", "mlx") from exc
     prefix = _PREFIX.get(loaded.model_type, "")
-    weights = {prefix + k: v for k, v in tree_flatten(loaded.module.parameters())}
+    flat = cast("list[tuple[str, Any]]", tree_flatten(loaded.module.parameters()))
+    weights = {prefix + k: v for k, v in flat}
     table = {"group_size": group_size, "bits": bits, "mode": mode}
     config = {**loaded.config, "quantization": table, "quantization_config": table}
 

@@ -257,24 +257,13 @@ class OnnxEmbeddingProvider:
         self._counter: Tokenizer | None = None
         self._counter_lock = threading.Lock()
 
-        options_ = ort.SessionOptions()
-        options_.intra_op_num_threads = threads
-        options_.inter_op_num_threads = inter_threads
-        options_.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options_.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options_.log_severity_level = 3
-        try:
-            session = ort.InferenceSession(
-                str(self._onnx_path),
-                sess_options=options_,
-                providers=[name for name, _ in providers],
-                provider_options=[opts for _, opts in providers],
-                disabled_optimizers=_CPU_DISABLED_OPTIMIZERS if on_cpu else None,
-            )
-        except Exception as exc:  # onnxruntime raises its own (untyped) errors
-            raise ProviderError(
-                "onnx", f"cannot load {self._onnx_path}: {type(exc).__name__}: {exc}"
-            ) from exc
+        self._session_args = (
+            [name for name, _ in providers],
+            [opts for _, opts in providers],
+            inter_threads,
+            _CPU_DISABLED_OPTIMIZERS if on_cpu else None,
+        )
+        session = self._new_session(threads)
         active = session.get_providers()
         lost = [name for name, _ in providers if name not in active]
         if lost:
@@ -302,12 +291,6 @@ class OnnxEmbeddingProvider:
                 session_batch = _CPU_SESSION_BATCH
         #: Texts per onnxruntime run.
         self.session_batch_size = min(session_batch, self.config.batch_size)
-        self._session_args = (
-            str(self._onnx_path),
-            [name for name, _ in providers],
-            [opts for _, opts in providers],
-            _CPU_DISABLED_OPTIMIZERS if on_cpu else None,
-        )
         self._pool_lock = threading.Lock()
         self._pool: tuple[Any, ThreadPoolExecutor] | None = None
         dimension = spec.dimension or int(self._run_texts([""])[0][0].shape[-1])
@@ -474,7 +457,12 @@ class OnnxEmbeddingProvider:
 
         if len(chunks) > 1 and self.concurrent_runs > 1:
             single, executor = self._concurrent_pool()
-            results = list(executor.map(lambda rows: run(rows, single), chunks))
+            try:
+                results = list(executor.map(lambda rows: run(rows, single), chunks))
+            except RuntimeError:  # the executor refuses work once close() shut it down
+                if self._session is None:
+                    raise ProviderClosedError("the onnx provider is closed") from None
+                raise
         else:
             results = [run(rows) for rows in chunks]
         out = np.empty((n, results[0].shape[1]), dtype=np.float32)
@@ -485,6 +473,29 @@ class OnnxEmbeddingProvider:
             np.divide(out, norms, out=out, where=norms > 0)
         return out, sum(lengths), len(truncated)
 
+    def _new_session(self, threads: int) -> Any:
+        import onnxruntime as ort
+
+        names, provider_options, inter_threads, disabled = self._session_args
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = inter_threads
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        try:
+            return ort.InferenceSession(
+                str(self._onnx_path),
+                sess_options=options,
+                providers=names,
+                provider_options=provider_options,
+                disabled_optimizers=disabled,
+            )
+        except Exception as exc:  # onnxruntime raises its own (untyped) errors
+            raise ProviderError(
+                "onnx", f"cannot load {self._onnx_path}: {type(exc).__name__}: {exc}"
+            ) from exc
+
     def _concurrent_pool(self) -> tuple[Any, ThreadPoolExecutor]:
         """The single-threaded session and the threads that run it concurrently (onnxruntime
         sessions take concurrent ``run`` calls), made on first use."""
@@ -492,22 +503,7 @@ class OnnxEmbeddingProvider:
             if self._session is None:
                 raise ProviderClosedError("the onnx provider is closed")
             if self._pool is None:
-                import onnxruntime as ort
-
-                path, names, provider_options, disabled = self._session_args
-                options = ort.SessionOptions()
-                options.intra_op_num_threads = max(1, self.threads // self.concurrent_runs)
-                options.inter_op_num_threads = 1
-                options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-                options.log_severity_level = 3
-                single = ort.InferenceSession(
-                    path,
-                    sess_options=options,
-                    providers=names,
-                    provider_options=provider_options,
-                    disabled_optimizers=disabled,
-                )
+                single = self._new_session(max(1, self.threads // self.concurrent_runs))
                 executor = ThreadPoolExecutor(
                     self.concurrent_runs, thread_name_prefix="akidb-embed-onnx"
                 )

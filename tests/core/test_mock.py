@@ -49,6 +49,12 @@ def test_golden_values() -> None:
     )
 
 
+def test_a_bool_is_not_a_dimension() -> None:
+    with pytest.raises(TypeError, match="not a bool"):
+        MockEmbeddingProvider(True)  # type: ignore[arg-type]
+    assert MockEmbeddingProvider(5).info().dimension == 5
+
+
 def test_unit_norm_and_dimension() -> None:
     out = MockEmbeddingProvider(dimension=17).embed_batch(TEXTS)
     assert out.shape == (4, 17) and out.dtype == np.float32

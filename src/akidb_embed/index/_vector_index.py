@@ -326,6 +326,7 @@ class VectorIndex:
         with self._lock.write():
             adopt = not ignore_fingerprint and fp is not None and self._fingerprint is None
             if adopt and self._count:
+                assert fp is not None  # adopt implies it
                 raise FingerprintMismatchError(
                     f"cannot add these vectors from {describe(fp)}: the index holds "
                     f"{self._count} vectors added without a fingerprint, of unknown origin. "
