@@ -25,6 +25,8 @@ Choices, each measured on all-MiniLM-L6-v2:
     per channel, weight rows by ``s`` (an identity in exact arithmetic), with
     ``s = max|x|**alpha / max|w|**(1 - alpha)`` measured on built-in calibration texts.
   Both are exact rewrites of the fp32 model; the int8 model then needs no fp32 layers.
+  The int8 model also uses the tanh approximation of GELU (error < 1e-3, far below
+  int8's; 3-6% faster); fp32 keeps the exact one.
 """
 
 from __future__ import annotations
@@ -356,7 +358,9 @@ def export_model(
         if optimize or quantize:
             say("optimizing with onnxruntime's transformer optimizer")
             optimized = onnx_dir / ("model_opt.onnx" if quantize else "model.onnx")
-            fusion = _optimize(model.config, current, optimized)
+            fusion = _optimize(
+                model.config, current, optimized, approximate_gelu=quantize == "int8"
+            )
             current.unlink()
             current = optimized
         if quantize == "int8":
@@ -810,7 +814,9 @@ def _torch_export(torch: Any, wrapper: Any, names: list[str], path: Path, opset:
     wrapper.eval()
 
 
-def _optimize(config: Any, src: Path, dst: Path) -> dict[str, int]:
+def _optimize(
+    config: Any, src: Path, dst: Path, *, approximate_gelu: bool = False
+) -> dict[str, int]:
     from onnxruntime.transformers.fusion_options import AttentionMaskFormat, FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
@@ -829,6 +835,9 @@ def _optimize(config: Any, src: Path, dst: Path) -> dict[str, int]:
     options.attention_mask_format = AttentionMaskFormat.AttentionMask
     options.enable_skip_layer_norm = False
     options.enable_bias_skip_layer_norm = False
+    # int8 only: tanh-approximated GELU (FastGelu) runs the activation 3-6% faster end to
+    # end and its error (<1e-3) is far below int8's; fp32 keeps the exact erf GELU.
+    options.enable_gelu_approximation = approximate_gelu
     optimized = optimize_model(
         str(src),
         model_type=model_type,

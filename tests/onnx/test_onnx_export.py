@@ -40,6 +40,7 @@ def test_export_layout_and_parity_report(minilm_onnx_dir: Path) -> None:
     # eager TorchScript export), and leaves out the fusions that run slower on the CPU.
     assert info["optimize"] is True
     assert info["fused_operators"]["BiasGelu"] == 6
+    assert "FastGelu" not in info["fused_operators"]  # the exact GELU, as in PyTorch
     assert info["fused_operators"]["MultiHeadAttention"] == 6
     assert "Attention" not in info["fused_operators"]
     assert "SkipLayerNormalization" not in info["fused_operators"]
@@ -61,6 +62,7 @@ def test_int8_export_report(minilm_onnx_int8_dir: Path, minilm_onnx_dir: Path) -
     assert all(1 <= n <= 15 for n in info["outlier_channels"].values())
     assert info["optimize"] is True
     assert info["fused_operators"]["MultiHeadAttention"] == 6
+    assert info["fused_operators"]["FastGelu"] >= 6  # tanh GELU in int8 (fp32: exact)
     model = onnx.load(str(minilm_onnx_int8_dir / "onnx" / "model.onnx"))
     ops = {node.op_type for node in model.graph.node}
     assert {"DynamicQuantizeLinear", "MatMulInteger", "MultiHeadAttention"} <= ops
