@@ -367,3 +367,16 @@ class TestOnnxInt8Conformance(ProviderConformance):
 
     def make_provider(self) -> OnnxEmbeddingProvider:
         return _provider(self.model_dir)
+
+
+def test_configuration_guide_lists_every_option() -> None:
+    """docs/configuration.md documents exactly the options this provider accepts."""
+    import re
+
+    from akidb_embed_onnx._provider import _OPTIONS
+
+    guide = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+    section = guide.read_text().split("## Options of the `onnx` provider", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    documented = re.findall(r"^\| `(\w+)` \|", section, flags=re.M)
+    assert sorted(documented) == sorted(_OPTIONS)
