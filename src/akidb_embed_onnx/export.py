@@ -475,19 +475,29 @@ def _finish(states: np.ndarray, mask: np.ndarray, spec: Any) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
+def _torch_forward(
+    torch: Any, wrapper: Any, tokenizer: Any, names: list[str], texts: Sequence[str]
+) -> tuple[Any, np.ndarray]:
+    """Run the wrapped model on *texts* (one padded batch); (token states, mask)."""
+    ids, mask = _encode(tokenizer, texts)
+    inputs = [
+        torch.from_numpy(ids),
+        torch.from_numpy(mask),
+        torch.zeros_like(torch.from_numpy(ids)),
+    ]
+    return wrapper(*inputs[: len(names)]), mask
+
+
 def _torch_vectors(
     torch: Any, wrapper: Any, tokenizer: Any, names: list[str], spec: Any, texts: Sequence[str]
 ) -> np.ndarray:
     out = np.zeros((len(texts), spec.dimension or 0), dtype=np.float32)
     with torch.inference_mode():
         for batch in _batches(tokenizer, texts):
-            ids, mask = _encode(tokenizer, [texts[i] for i in batch])
-            inputs = [
-                torch.from_numpy(ids),
-                torch.from_numpy(mask),
-                torch.zeros_like(torch.from_numpy(ids)),
-            ]
-            states = wrapper(*inputs[: len(names)]).float().numpy()
+            states, mask = _torch_forward(
+                torch, wrapper, tokenizer, names, [texts[i] for i in batch]
+            )
+            states = states.float().numpy()
             vectors = _finish(states, mask, spec)
             if out.shape[1] != vectors.shape[1]:
                 out = np.zeros((len(texts), vectors.shape[1]), dtype=np.float32)
@@ -564,13 +574,7 @@ def _calibrate(
         return hook
 
     def run(texts: Sequence[str]) -> None:
-        ids, mask = _encode(tokenizer, texts)
-        tensors = [
-            torch.from_numpy(ids),
-            torch.from_numpy(mask),
-            torch.zeros_like(torch.from_numpy(ids)),
-        ]
-        wrapper(*tensors[: len(names)])
+        _torch_forward(torch, wrapper, tokenizer, names, texts)
 
     normed: list[Any] = []
 
@@ -666,10 +670,7 @@ def _split_outlier_channels(
         hooks.append(out.dense.register_forward_pre_hook(record(name)))
     try:
         with torch.inference_mode():
-            ids, mask = _encode(tokenizer, CALIBRATION_TEXTS)
-            tensors = [torch.from_numpy(ids), torch.from_numpy(mask)]
-            tensors.append(torch.zeros_like(tensors[0]))
-            wrapper(*tensors[: len(names)])
+            _torch_forward(torch, wrapper, tokenizer, names, CALIBRATION_TEXTS)
     finally:
         for hook in hooks:
             hook.remove()
