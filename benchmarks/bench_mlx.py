@@ -167,7 +167,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.threads is None:
         try:
-            from akidb_embed.models import available_cores
+            from akidb_embed.backend import available_cores
 
             args.threads = available_cores()
         except ImportError:

@@ -206,11 +206,16 @@ def gemm_worker(threads: int) -> int:
 # --- parent side ---------------------------------------------------------------------------
 
 
-def _run_measured(extra: list[str], threads: int) -> tuple[dict[str, Any], float, int]:
+def _run_measured(
+    extra: list[str], threads: int, pythonpath: str | None = None
+) -> tuple[dict[str, Any], float, int]:
     """Run this script as a worker; return (its JSON line, spawn time, peak RSS bytes).
 
-    The child is reaped with ``os.wait4`` to read its own peak RSS."""
+    The child is reaped with ``os.wait4`` to read its own peak RSS. *pythonpath* puts
+    another copy of the packages first on the child's path (``--baseline``)."""
     env = dict(os.environ)
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
     env.setdefault("HF_HUB_OFFLINE", "1")
@@ -230,6 +235,19 @@ def _run_measured(extra: list[str], threads: int) -> tuple[dict[str, Any], float
     return json.loads(line), started, usage.ru_maxrss * 1024
 
 
+def _checkout(ref: str, dest: Path) -> str:
+    """The packages of git *ref* under *dest*, for PYTHONPATH (the installed
+    distributions' entry points then load that copy's modules)."""
+    dest.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", ref, "src/akidb_embed", "src/akidb_embed_onnx"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return str(dest / "src")
+
+
 def _ensure_exports() -> tuple[Path, Path, Path]:
     sys.path.insert(0, str(REPO / "tests"))
     from conftest import cached_export, packaged_minilm  # type: ignore[import-not-found]
@@ -244,7 +262,7 @@ def _ensure_exports() -> tuple[Path, Path, Path]:
 def corpus_flops(source: Path, docs: list[str]) -> tuple[float, float, int]:
     """FLOPs of the encoder on *docs* at their real token counts: (Linear layers,
     attention products, tokens)."""
-    from akidb_embed.models import load_tokenizer
+    from akidb_embed.backend import load_tokenizer
 
     cfg = json.loads((source / "config.json").read_text())
     h, inter, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
@@ -265,6 +283,11 @@ def main(argv: list[str] | None = None) -> int:
         "--cold-runs", type=int, default=3, help="cold starts per contender (median)"
     )
     parser.add_argument("--only", nargs="*", choices=list(CONTENDERS), help="subset of contenders")
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also measure the akidb-embed contenders as of git REF (e.g. HEAD~1), same run",
+    )
     parser.add_argument("--worker", choices=list(CONTENDERS), help=argparse.SUPPRESS)
     parser.add_argument("--gemm", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--cold", action="store_true", help=argparse.SUPPRESS)
@@ -275,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.threads is None:
-        from akidb_embed.models import available_cores
+        from akidb_embed.backend import available_cores
 
         args.threads = available_cores()
     if args.gemm:
@@ -309,31 +332,42 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: dict[str, dict[str, Any]] = {}
     vectors: dict[str, Any] = {}
+    labels = dict(CONTENDERS)
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.only or list(CONTENDERS):
+        runs: list[tuple[str, str, str | None]] = [
+            (name, name, None) for name in args.only or list(CONTENDERS)
+        ]
+        if args.baseline:
+            base_src = _checkout(args.baseline, Path(tmp) / "baseline")
+            for name in ("fp32", "int8"):
+                if name in (args.only or CONTENDERS):
+                    key = f"{name}@{args.baseline}"
+                    labels[key] = f"{CONTENDERS[name]} @{args.baseline}"
+                    runs.append((key, name, base_src))
+        for key, name, pythonpath in runs:
             if name == "fastembed" and importlib.util.find_spec("fastembed") is None:
-                rows[name] = {"error": "fastembed is not installed"}
+                rows[key] = {"error": "fastembed is not installed"}
                 continue
-            print(f"measuring {CONTENDERS[name]} ...", file=sys.stderr, flush=True)
-            out = Path(tmp) / f"{name}.npy"
+            print(f"measuring {labels[key]} ...", file=sys.stderr, flush=True)
+            out = Path(tmp) / f"{key}.npy"
             try:
                 result, _, rss = _run_measured(
-                    ["--worker", name, "--vectors", str(out), *common], args.threads
+                    ["--worker", name, "--vectors", str(out), *common], args.threads, pythonpath
                 )
                 colds = []
                 for _ in range(args.cold_runs):
                     ready, started, cold_rss = _run_measured(
-                        ["--worker", name, "--cold", *common], args.threads
+                        ["--worker", name, "--cold", *common], args.threads, pythonpath
                     )
                     colds.append((ready["ready"] - started, cold_rss))
             except RuntimeError as exc:
-                rows[name] = {"error": str(exc).splitlines()[-1][:100]}
+                rows[key] = {"error": str(exc).splitlines()[-1][:100]}
                 continue
             result["cold"] = statistics.median(c for c, _ in colds)
             result["cold_rss"] = max(r for _, r in colds)
             result["rss"] = rss
-            rows[name] = result
-            vectors[name] = np.load(out)
+            rows[key] = result
+            vectors[key] = np.load(out)
 
     base = rows.get("st", {}).get("seconds")
     reference = vectors.get("st")
@@ -351,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for name, row in rows.items():
-        label = CONTENDERS[name]
+        label = labels[name]
         if "error" in row:
             print(f"| {label:<30} | {row['error']} |")
             continue
@@ -369,7 +403,11 @@ def main(argv: list[str] | None = None) -> int:
             f"| {row['cold']:12.2f} | {row['cold_rss'] / 2**20:6.0f} / {row['rss'] / 2**20:6.0f} "
             f"| {cos:>13} |"
         )
-    print(f"\ncommand: python benchmarks/bench_onnx.py --threads {args.threads} --docs {args.docs}")
+    baseline = f" --baseline {args.baseline}" if args.baseline else ""
+    print(
+        f"\ncommand: python benchmarks/bench_onnx.py --threads {args.threads} --docs {args.docs}"
+        + baseline
+    )
     return 0
 
 

@@ -41,7 +41,7 @@ MATMUL_OPS = {
 def profile(folder: Path, docs: list[str], threads: int, batch: int) -> dict[str, float]:
     import onnxruntime as ort
 
-    from akidb_embed.models import load_tokenizer
+    from akidb_embed.backend import load_tokenizer
     from akidb_embed_onnx._provider import _CPU_DISABLED_OPTIMIZERS
 
     tokenizer = load_tokenizer(folder, 256, padding=False)
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench_onnx import corpus_flops
     from conftest import cached_export, packaged_minilm  # type: ignore[import-not-found]
 
-    from akidb_embed.models import available_cores
+    from akidb_embed.backend import available_cores
     from akidb_embed_onnx._provider import _CPU_SESSION_BATCH
 
     threads = args.threads or available_cores()

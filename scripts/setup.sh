@@ -29,7 +29,7 @@ case "$profile" in
         mlx_extra=""
         [ "$(uname -s)" = Linux ] && mlx_extra="mlx[cpu]"   # CPU build of MLX on Linux
         pip install -e ".[index,test,dev]" -e "./src/akidb_embed_onnx[export]" \
-            -e ./src/akidb_embed_mlx -e ./examples/plugin \
+            -e ./src/akidb_embed_mlx -e ./src/akidb_embed_server -e ./examples/plugin \
             "sentence-transformers>=3" $mlx_extra
         ;;
     bench)

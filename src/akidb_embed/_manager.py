@@ -2,128 +2,77 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 
+from ._cache import CacheEntry, VectorCache
 from ._config import EmbeddingConfig
+from ._observers import EmbeddingObserver, ProviderCallEvent, RequestEvent, StatsObserver
+from ._pipeline import EmbeddingRequest, Job, check_output, progress_bar, validate_texts
 from ._registry import create_provider
-from ._types import BatchEmbeddingRequest, BatchEmbeddingResponse, EmbeddingProvider, ModelInfo
+from ._types import (
+    BatchEmbeddingRequest,
+    BatchEmbeddingResponse,
+    EmbeddingProvider,
+    ModelInfo,
+    provider_capabilities,
+)
+from .backend._pooling import normalize_rows
 from .errors import (
     AkidbEmbedError,
     EmbeddingInputError,
+    InvalidRequestError,
     ModelMismatchError,
+    ProviderBusyError,
     ProviderClosedError,
     ProviderError,
     ProviderOutputError,
     TruncationError,
 )
 
-__all__ = ["EmbeddingManager", "validate_texts"]
+__all__ = ["DEFAULT_SLOT_TIMEOUT", "EmbeddingManager", "validate_texts"]
 
-_LATENCY_WINDOW = 10_000
+_log = logging.getLogger("akidb_embed")
+_T = TypeVar("_T")
 ProgressCallback = Callable[[int], None]
+EmbedOutcome = BatchEmbeddingResponse | AkidbEmbedError
 
-
-def validate_texts(texts: object) -> list[str]:
-    """Return *texts* as a list, or raise :class:`EmbeddingInputError` saying what is wrong."""
-    if texts is None:
-        raise EmbeddingInputError("texts must be a sequence of str, got None")
-    if isinstance(texts, (str, bytes)):
-        raise EmbeddingInputError(
-            f"texts must be a sequence of str, got a single {type(texts).__name__}; "
-            "wrap it in a list, or use embed_query() for one text"
-        )
-    if not isinstance(texts, Sequence):
-        raise EmbeddingInputError(
-            f"texts must be a sequence of str (list or tuple), got {type(texts).__name__}"
-        )
-    out = list(texts)
-    for i, text in enumerate(out):
-        if not isinstance(text, str):
-            raise EmbeddingInputError(
-                f"texts[{i}] must be str, got {type(text).__name__} ({text!r:.60})"
-            )
-    return out
-
-
-class _LRU:
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._data: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> np.ndarray | None:
-        if not self.size:
-            return None
-        with self._lock:
-            value = self._data.get(key)
-            if value is not None:
-                self._data.move_to_end(key)
-            return value
-
-    def put(self, key: str, value: np.ndarray) -> None:
-        if not self.size:
-            return
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.size:
-                self._data.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-
-class _Stats:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.started = time.monotonic()
-        self.counts: dict[str, int] = dict.fromkeys(
-            (
-                "requests",
-                "texts",
-                "errors",
-                "provider_calls",
-                "cache_hits",
-                "cache_misses",
-                "prompt_tokens",
-                "truncated",
-            ),
-            0,
-        )
-        self.latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
-
-    def add(self, **counts: int) -> None:
-        with self.lock:
-            for key, value in counts.items():
-                self.counts[key] += value
-
-    def snapshot(self) -> dict[str, Any]:
-        with self.lock:
-            lat = np.array(self.latencies, dtype=np.float64)
-            out: dict[str, Any] = dict(self.counts)
-        out["uptime_s"] = round(time.monotonic() - self.started, 3)
-        for q in (50, 95, 99):
-            out[f"latency_ms_p{q}"] = float(np.percentile(lat, q)) if lat.size else None
-        return out
+#: Seconds a call waits for one of the provider's ``max_concurrency`` slots before it
+#: fails with :class:`~akidb_embed.errors.ProviderBusyError` (a provider call that
+#: takes longer than this is stuck, not busy).
+DEFAULT_SLOT_TIMEOUT = 300.0
 
 
 class EmbeddingManager:
     """Validates input, batches, caches, normalises and measures around one provider.
 
     Build it with :meth:`from_config` (provider chosen by configuration) or directly
-    from a provider object. Safe to call from several threads at once; use it as a
-    context manager or call :meth:`close`.
+    from a provider object. Safe to call from several threads at once, and from
+    asyncio (the ``a*`` methods); use it as a context manager or call :meth:`close`.
+
+    At most the provider's ``max_concurrency`` (see
+    :class:`~akidb_embed.ProviderCapabilities`) provider calls run at once, whatever
+    the number of callers; the others wait their turn, for at most *slot_timeout*
+    seconds.
+
+    Parameters
+    ----------
+    provider:
+        The provider to wrap; the manager closes it in :meth:`close`.
+    config:
+        Batch size, cache size, normalisation and truncation defaults; by default one
+        naming the provider's model.
+    observers:
+        :class:`~akidb_embed.EmbeddingObserver` objects to notify (see
+        :meth:`add_observer`).
+    slot_timeout:
+        Seconds to wait for a provider slot before :class:`ProviderBusyError`.
 
     Examples
     --------
@@ -132,22 +81,31 @@ class EmbeddingManager:
     (2, 384)
     """
 
-    def __init__(self, provider: EmbeddingProvider, config: EmbeddingConfig | None = None) -> None:
+    def __init__(
+        self,
+        provider: EmbeddingProvider,
+        config: EmbeddingConfig | None = None,
+        *,
+        observers: Iterable[EmbeddingObserver] = (),
+        slot_timeout: float = DEFAULT_SLOT_TIMEOUT,
+    ) -> None:
         self._provider = provider
         self._info = provider.info()
         self.config = config or EmbeddingConfig(
             provider=self._info.provider, model=self._info.model
         )
-        self._cache = _LRU(self.config.cache_size)
-        self._stats = _Stats()
+        try:
+            self._caps = provider_capabilities(provider)
+        except (TypeError, ValueError) as exc:  # a plugin's declaration is wrong
+            raise ProviderError(self._info.provider, str(exc)) from exc
+        self._cache = VectorCache(self.config.cache_size)
+        self._stats = StatsObserver()
+        self._observers: tuple[EmbeddingObserver, ...] = (self._stats, *observers)
+        self._slots = threading.BoundedSemaphore(self._caps.max_concurrency)
+        self._slot_timeout = slot_timeout
+        self._executor: ThreadPoolExecutor | None = None
         self._closed = False
-        self._close_lock = threading.Lock()
-        thread_safe = getattr(provider, "thread_safe", True)
-        self._call_lock: threading.Lock | nullcontext[None] = (
-            nullcontext() if thread_safe else threading.Lock()
-        )
-        self._embed_with_usage = getattr(provider, "embed_batch_with_usage", None)
-        self._text_lengths = getattr(provider, "text_lengths", None)
+        self._lock = threading.Lock()
 
     @classmethod
     def from_config(
@@ -177,6 +135,11 @@ class EmbeddingManager:
         return self._info
 
     @property
+    def capabilities(self) -> Any:
+        """The provider's :class:`~akidb_embed.ProviderCapabilities`, as read once."""
+        return self._caps
+
+    @property
     def dimension(self) -> int:
         """Length of every vector."""
         return self._info.dimension
@@ -184,6 +147,20 @@ class EmbeddingManager:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    # -- observers -----------------------------------------------------------------------
+
+    def add_observer(self, observer: EmbeddingObserver) -> None:
+        """Report every request and provider call to *observer* from now on."""
+        with self._lock:
+            self._observers = (*self._observers, observer)
+
+    def remove_observer(self, observer: EmbeddingObserver) -> None:
+        """Stop reporting to *observer*; ``ValueError`` if it was not added."""
+        with self._lock:
+            if observer not in self._observers or observer is self._stats:
+                raise ValueError(f"{observer!r} is not an observer of this manager")
+            self._observers = tuple(o for o in self._observers if o is not observer)
 
     # -- embedding -----------------------------------------------------------------------
 
@@ -193,6 +170,7 @@ class EmbeddingManager:
         *,
         normalize: bool | None = None,
         prompt_name: str | None = None,
+        truncation: str | None = None,
         progress: bool | ProgressCallback = False,
     ) -> np.ndarray:
         """Embed *texts*; return float32 of shape ``(len(texts), dimension)``.
@@ -204,11 +182,14 @@ class EmbeddingManager:
         prompt_name:
             Name of a model prompt (``"query"``, ``"document"``) to prepend; defaults to
             the model's ``default_prompt_name``.
+        truncation:
+            ``"truncate"`` or ``"error"``; defaults to the config's ``truncation``.
         progress:
             ``True`` shows a progress bar on long inputs; a callable receives the count of
             texts done after each batch.
         """
-        return self._run(texts, normalize, prompt_name, progress)[0]
+        request = EmbeddingRequest(texts, normalize, prompt_name, truncation)
+        return self._one(request, progress).embeddings
 
     def embed_documents(
         self,
@@ -218,32 +199,74 @@ class EmbeddingManager:
         progress: bool | ProgressCallback = False,
     ) -> np.ndarray:
         """Embed *texts* as documents (the model's ``document`` prompt, if it has one)."""
-        name = "document" if "document" in self._info.prompts else None
-        return self.embed(texts, normalize=normalize, prompt_name=name, progress=progress)
+        return self.embed(
+            texts, normalize=normalize, prompt_name=self._named("document"), progress=progress
+        )
 
     def embed_queries(self, texts: Sequence[str], *, normalize: bool | None = None) -> np.ndarray:
         """Embed several queries at once (the model's ``query`` prompt, if it has one)."""
-        name = "query" if "query" in self._info.prompts else None
-        return self.embed(texts, normalize=normalize, prompt_name=name)
+        return self.embed(texts, normalize=normalize, prompt_name=self._named("query"))
 
     def embed_query(self, text: str, *, normalize: bool | None = None) -> np.ndarray:
         """Embed one query; return a 1-d float32 vector.
 
         The model's ``query`` prompt, if it has one, is prepended.
         """
-        if not isinstance(text, str):
-            raise EmbeddingInputError(f"query must be str, got {type(text).__name__}")
+        _check_query(text)
         return self.embed_queries([text], normalize=normalize)[0]
 
     def embed_batch(self, request: BatchEmbeddingRequest) -> BatchEmbeddingResponse:
         """Serve a :class:`BatchEmbeddingRequest` (what the HTTP API and the bridge speak)."""
-        if request.model not in (None, "", self._info.model, self.config.model):
-            raise ModelMismatchError(
-                f"request asks for model {request.model!r}, but this manager serves "
-                f"{self._info.model!r}"
-            )
-        vectors, usage = self._run(request.inputs, request.normalize, None, False)
-        return BatchEmbeddingResponse(vectors, self._info.model, self.dimension, usage)
+        return self._one(self._from_batch(request), False)
+
+    def embed_many(
+        self,
+        requests: Sequence[EmbeddingRequest],
+        *,
+        progress: bool | ProgressCallback = False,
+    ) -> list[EmbedOutcome]:
+        """Embed several independent requests, sharing provider calls between them.
+
+        Each request keeps its own prompt, normalisation, truncation policy, usage and
+        error: the result list holds, in order, a :class:`BatchEmbeddingResponse` for
+        each request that succeeded and the :class:`~akidb_embed.errors.AkidbEmbedError`
+        of each that failed (indexes in an error count within its own request). A
+        failing request never changes the vectors of the others.
+
+        Texts of different requests are merged into the same provider calls when the
+        provider counts tokens (``counts_tokens``), so usage and the truncation policy
+        stay exact per request; otherwise each request gets calls of its own.
+
+        Raises
+        ------
+        ProviderClosedError
+            The manager is closed.
+        """
+        if self._closed:
+            raise ProviderClosedError("EmbeddingManager is closed")
+        start = time.perf_counter()
+        jobs = [self._prepare(i, request) for i, request in enumerate(requests)]
+        live = [job for job in jobs if job.error is None]
+        self._lookup(live)
+        groups = [live] if self._caps.counts_tokens else [[job] for job in live]
+        todo = sum(len(job.pending) for job in live)
+        bar = progress_bar(todo, progress)
+        try:
+            for group in groups:
+                self._run_group(group, bar)
+        finally:
+            bar(None)
+        return [self._finish(job, time.perf_counter() - start) for job in jobs]
+
+    async def aembed_many(self, requests: Sequence[EmbeddingRequest]) -> list[EmbedOutcome]:
+        """:meth:`embed_many` on the manager's own worker threads (at most
+        ``max_concurrency``), so the event loop keeps running.
+
+        A call cancelled before its turn comes is removed from the queue and never
+        reaches the provider; one cancelled while running finishes, and its result is
+        dropped.
+        """
+        return await self._submit(self.embed_many, requests)
 
     async def aembed(
         self,
@@ -251,19 +274,47 @@ class EmbeddingManager:
         *,
         normalize: bool | None = None,
         prompt_name: str | None = None,
+        truncation: str | None = None,
     ) -> np.ndarray:
-        """:meth:`embed` in a worker thread, so the event loop keeps running."""
-        import asyncio  # only async callers pay for it
+        """:meth:`embed` without blocking the event loop (see :meth:`aembed_many`)."""
+        request = EmbeddingRequest(texts, normalize, prompt_name, truncation)
+        response = await self._submit(self._one, request, False)
+        return response.embeddings
 
-        return await asyncio.to_thread(
-            self.embed, texts, normalize=normalize, prompt_name=prompt_name
-        )
+    async def aembed_documents(
+        self, texts: Sequence[str], *, normalize: bool | None = None
+    ) -> np.ndarray:
+        """:meth:`embed_documents` without blocking the event loop."""
+        return await self.aembed(texts, normalize=normalize, prompt_name=self._named("document"))
+
+    async def aembed_queries(
+        self, texts: Sequence[str], *, normalize: bool | None = None
+    ) -> np.ndarray:
+        """:meth:`embed_queries` without blocking the event loop."""
+        return await self.aembed(texts, normalize=normalize, prompt_name=self._named("query"))
 
     async def aembed_query(self, text: str, *, normalize: bool | None = None) -> np.ndarray:
-        """:meth:`embed_query` in a worker thread."""
-        import asyncio
+        """:meth:`embed_query` without blocking the event loop."""
+        _check_query(text)
+        return (await self.aembed_queries([text], normalize=normalize))[0]
 
-        return await asyncio.to_thread(self.embed_query, text, normalize=normalize)
+    async def aembed_batch(self, request: BatchEmbeddingRequest) -> BatchEmbeddingResponse:
+        """:meth:`embed_batch` without blocking the event loop."""
+        return await self._submit(self._one, self._from_batch(request), False)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int] | None:
+        """Tokens of each text before truncation (special tokens included), or ``None``
+        when the provider does not count tokens (``capabilities.counts_tokens``).
+
+        Prompts are not prepended: pass the texts as the provider will see them. A
+        batcher uses this to cut batches by a token budget.
+        """
+        items = validate_texts(texts)
+        if not self._caps.counts_tokens:
+            return None
+        if self._closed:
+            raise ProviderClosedError("EmbeddingManager is closed")
+        return self._count_tokens(items) if items else []
 
     # -- operations ----------------------------------------------------------------------
 
@@ -278,7 +329,7 @@ class EmbeddingManager:
             return {**report, "status": "error", "error": "manager is closed"}
         start = time.perf_counter()
         try:
-            vector = self._call_provider(["health check"])[0][0]
+            vector = self._call_provider(["health check"], 1)[0][0]
             if not np.all(np.isfinite(vector)):
                 raise ProviderOutputError(self._info.provider, "probe vector is not finite")
         except Exception as exc:  # health reports failures instead of raising them
@@ -287,8 +338,9 @@ class EmbeddingManager:
         return {**report, "status": "ok"}
 
     def stats(self) -> dict[str, Any]:
-        """Counters since start: requests, texts, errors, cache hits/misses, tokens,
-        truncated texts, and request latency p50/p95/p99 in milliseconds."""
+        """Counters since start: requests, texts, errors, provider calls, cache hits and
+        misses, tokens, truncated texts, and request latency p50/p95/p99 in milliseconds
+        (what the built-in :class:`~akidb_embed.StatsObserver` collects)."""
         out = self._stats.snapshot()
         out["cache_size"] = len(self._cache)
         return out
@@ -300,10 +352,14 @@ class EmbeddingManager:
     def close(self) -> None:
         """Close the provider. Later calls raise :class:`ProviderClosedError`; closing
         twice is harmless."""
-        with self._close_lock:
+        with self._lock:
             if self._closed:
                 return
             self._closed = True
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            # Queued async calls still run, and fail at once with ProviderClosedError.
+            executor.shutdown(wait=False)
         self._cache.clear()
         self._provider.close()
 
@@ -318,39 +374,78 @@ class EmbeddingManager:
         name = f"{self._info.provider}:{self._info.model}"
         return f"<EmbeddingManager {name} dim={self.dimension} {state}>"
 
-    # -- internals -----------------------------------------------------------------------
+    # -- request level -------------------------------------------------------------------
 
-    def _run(
-        self,
-        texts: Sequence[str],
-        normalize: bool | None,
-        prompt_name: str | None,
-        progress: bool | ProgressCallback,
-    ) -> tuple[np.ndarray, dict[str, int]]:
-        if self._closed:
-            raise ProviderClosedError("EmbeddingManager is closed")
-        start = time.perf_counter()
+    def _named(self, prompt: str) -> str | None:
+        # A model without this prompt gets its default prompt, as for embed().
+        return prompt if prompt in self._info.prompts else None
+
+    def _from_batch(self, request: BatchEmbeddingRequest) -> EmbeddingRequest:
+        return EmbeddingRequest(request.inputs, request.normalize, model=request.model)
+
+    def _one(self, request: EmbeddingRequest, progress: bool | ProgressCallback) -> Any:
+        outcome = self.embed_many([request], progress=progress)[0]
+        if isinstance(outcome, AkidbEmbedError):
+            raise outcome
+        return outcome
+
+    async def _submit(self, fn: Callable[..., _T], *args: Any) -> _T:
+        import asyncio  # only async callers pay for it
+
+        with self._lock:
+            if self._closed:
+                raise ProviderClosedError("EmbeddingManager is closed")
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    self._caps.max_concurrency, thread_name_prefix="akidb-embed"
+                )
+            future: Future[_T] = self._executor.submit(fn, *args)
+        # Cancelling the awaiting task cancels *future* too, which drops it from the
+        # executor's queue if it has not started.
+        wrapped: Awaitable[_T] = asyncio.wrap_future(future)
+        return await wrapped
+
+    def _prepare(self, index: int, request: EmbeddingRequest) -> Job:
+        job = Job(index)
         try:
-            items = validate_texts(texts)
-            prompt = self._prompt(prompt_name)
-            if prompt:
-                items = [prompt + t for t in items]
-            out, usage = self._embed_items(items, progress)
-        except Exception:
-            self._stats.add(requests=1, errors=1)
-            raise
-        wanted = self.config.normalize if normalize is None else normalize
-        if wanted and not self._info.normalized:
-            _normalize_rows(out)
-        elapsed = time.perf_counter() - start
-        with self._stats.lock:
-            self._stats.latencies.append(elapsed * 1000)
-        self._stats.add(requests=1, texts=len(items))
-        return out, usage
+            if not isinstance(request, EmbeddingRequest):
+                raise InvalidRequestError(
+                    f"requests[{index}] must be an EmbeddingRequest, got {type(request).__name__}"
+                )
+            if request.model not in (None, "", self._info.model, self.config.model):
+                raise ModelMismatchError(
+                    f"request asks for model {request.model!r}, but this manager serves "
+                    f"{self._info.model!r}"
+                )
+            items = validate_texts(request.texts)
+            prompt = self._prompt(request.prompt_name)
+            job.items = [prompt + t for t in items] if prompt else items
+            job.normalize = (
+                self.config.normalize if request.normalize is None else request.normalize
+            )
+            job.truncation = request.truncation or self.config.truncation
+            if job.truncation == "truncate" and self.config.truncation == "error":
+                raise InvalidRequestError(
+                    f"provider {self._info.provider!r} is configured with truncation = 'error' "
+                    "and refuses over-long texts itself; a request cannot ask it to truncate"
+                )
+            if (
+                job.truncation == "error"
+                and self.config.truncation != "error"
+                and not self._caps.counts_tokens
+                and self._info.max_tokens is not None
+            ):
+                raise InvalidRequestError(
+                    f"provider {self._info.provider!r} does not count tokens, so it cannot "
+                    "refuse over-long texts per request; configure it with truncation = 'error'"
+                )
+        except AkidbEmbedError as exc:
+            job.fail(exc)
+        return job
 
     def _prompt(self, prompt_name: str | None) -> str:
         name = prompt_name if prompt_name is not None else self._info.default_prompt_name
-        if name is None:
+        if not name:
             return ""
         try:
             return self._info.prompts[name]
@@ -360,131 +455,265 @@ class EmbeddingManager:
                 f"it has: {', '.join(self._info.prompts) or '(none)'}"
             ) from None
 
-    def _embed_items(
-        self, items: list[str], progress: bool | ProgressCallback
-    ) -> tuple[np.ndarray, dict[str, int]]:
-        out = np.empty((len(items), self.dimension), dtype=np.float32)
-        usage = {"texts": len(items), "prompt_tokens": 0, "truncated": 0, "cached": 0}
-        positions: dict[str, list[int]] = {}
-        for i, text in enumerate(items):
-            cached = self._cache.get(text)
-            if cached is not None:
-                out[i] = cached
-                usage["cached"] += 1
-            else:
-                positions.setdefault(text, []).append(i)
-        todo = list(positions)
-        self._stats.add(cache_hits=usage["cached"], cache_misses=len(items) - usage["cached"])
-        if len(todo) > 1:
-            # Sorting by length makes each batch pad to a similar length.
-            lengths = self._text_lengths(todo) if self._text_lengths else [len(t) for t in todo]
-            order = np.argsort(np.asarray(lengths), kind="stable")
-            todo = [todo[i] for i in order]
-        bar = _progress_bar(len(todo), progress)
-        try:
-            bs = self.config.batch_size
-            for start in range(0, len(todo), bs):
-                chunk = todo[start : start + bs]
-                try:
-                    vectors, chunk_usage = self._call_provider(chunk)
-                except TruncationError as exc:
-                    # The provider saw a de-duplicated, sorted chunk: name the caller's index.
-                    if not 0 <= exc.index < len(chunk):
-                        raise
-                    caller_index = positions[chunk[exc.index]][0]
-                    raise TruncationError(caller_index, exc.tokens, exc.max_tokens) from exc
-                for text, vector in zip(chunk, vectors, strict=False):
-                    vector.setflags(write=False)
-                    self._cache.put(text, vector)
-                    for i in positions[text]:
-                        out[i] = vector
-                for key in ("prompt_tokens", "truncated"):
-                    usage[key] += int(chunk_usage.get(key, 0))
-                bar(len(chunk))
-        finally:
-            bar(None)
-        self._stats.add(prompt_tokens=usage["prompt_tokens"], truncated=usage["truncated"])
-        return out, usage
-
-    def _call_provider(self, chunk: list[str]) -> tuple[np.ndarray, Mapping[str, int]]:
-        name = self._info.provider
-        self._stats.add(provider_calls=1)
-        try:
-            with self._call_lock:
-                if self._embed_with_usage is not None:
-                    result, usage = self._embed_with_usage(chunk)
+    def _lookup(self, jobs: list[Job]) -> None:
+        """Fill cached rows, count tokens, and apply each request's truncation policy."""
+        counting = self._caps.counts_tokens
+        uncounted: dict[str, None] = {}
+        for job in jobs:
+            job.out = np.empty((len(job.items), self.dimension), dtype=np.float32)
+            job.tokens = [None] * len(job.items)
+            for row, text in enumerate(job.items):
+                entry = self._cache.get(text)
+                if entry is not None:
+                    job.out[row] = entry.vector
+                    job.tokens[row] = entry.tokens
+                    job.cache_hits += 1
                 else:
-                    result, usage = self._provider.embed_batch(chunk), {}
+                    job.pending.setdefault(text, []).append(row)
+                if counting and job.tokens[row] is None:
+                    uncounted[text] = None
+        counts: dict[str, int] = {}
+        if uncounted:
+            try:
+                counts = dict(zip(uncounted, self._count_tokens(list(uncounted)), strict=True))
+            except ProviderClosedError:
+                raise
+            except AkidbEmbedError as exc:
+                # Which request's texts cannot be counted? Count each on its own.
+                for job in jobs if len(jobs) > 1 else []:
+                    mine = [t for t in dict.fromkeys(job.items) if t in uncounted]
+                    if not mine:
+                        continue
+                    try:
+                        counts.update(zip(mine, self._count_tokens(mine), strict=True))
+                    except AkidbEmbedError as own:
+                        job.fail(own)
+                if len(jobs) == 1:
+                    jobs[0].fail(exc)
+        limit = self._info.max_tokens
+        for job in jobs:
+            if job.error is not None:
+                continue
+            if counting:
+                job.tokens = [
+                    counts[t] if n is None else n
+                    for t, n in zip(job.items, job.tokens, strict=True)
+                ]
+            if not counting or limit is None:
+                continue
+            for row, n in enumerate(job.tokens):
+                assert n is not None
+                if n > limit:
+                    if job.truncation == "error":
+                        job.fail(TruncationError(row, n, limit))
+                        break
+                    job.truncated += 1
+                job.prompt_tokens += min(n, limit)
+        if counting and limit is None:
+            for job in jobs:
+                job.prompt_tokens = sum(n or 0 for n in job.tokens)
+
+    def _count_tokens(self, texts: list[str]) -> list[int]:
+        provider: Any = self._provider  # declares counts_tokens: count_tokens() exists
+        try:
+            counts = [int(n) for n in provider.count_tokens(texts)]
         except AkidbEmbedError:
             raise
         except Exception as exc:  # any provider failure surfaces typed, naming the provider
-            raise ProviderError(name, f"embed_batch failed: {type(exc).__name__}: {exc}") from exc
-        return _check_output(name, result, len(chunk), self.dimension), usage
+            raise ProviderError(
+                self._info.provider, f"count_tokens failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        if len(counts) != len(texts):
+            raise ProviderOutputError(
+                self._info.provider,
+                f"count_tokens returned {len(counts)} counts for {len(texts)} texts",
+            )
+        return counts
 
-
-def _check_output(provider: str, result: object, n: int, dimension: int) -> np.ndarray:
-    if not isinstance(result, np.ndarray):
-        raise ProviderOutputError(
-            provider, f"returned {type(result).__name__}, expected numpy.ndarray"
+    def _finish(self, job: Job, seconds: float) -> EmbedOutcome:
+        misses = len(job.items) - job.cache_hits
+        event = RequestEvent(
+            self._info.provider,
+            self._info.model,
+            len(job.items),
+            job.prompt_tokens,
+            job.truncated,
+            job.cache_hits,
+            misses,
+            seconds,
+            job.error,
         )
-    if result.shape != (n, dimension):
-        raise ProviderOutputError(
-            provider, f"returned shape {result.shape} for {n} texts, expected {(n, dimension)}"
-        )
-    if not np.issubdtype(result.dtype, np.floating):
-        raise ProviderOutputError(provider, f"returned dtype {result.dtype}, expected float32")
-    out = np.array(result, dtype=np.float32, copy=True)
-    finite = np.isfinite(out).all(axis=1)
-    if not finite.all():
-        bad = int(np.flatnonzero(~finite)[0])
-        raise ProviderOutputError(
-            provider, f"returned a non-finite value (NaN or inf) for text {bad} of the batch"
-        )
-    return out
+        self._notify("on_request", event)
+        if job.error is not None:
+            return job.error
+        out = job.out if job.out is not None else np.empty((0, self.dimension), np.float32)
+        if job.normalize and not self._info.normalized:
+            normalize_rows(out)
+        usage = {
+            "texts": len(job.items),
+            "prompt_tokens": job.prompt_tokens,
+            "truncated": job.truncated,
+            "cached": job.cache_hits,
+        }
+        return BatchEmbeddingResponse(out, self._info.model, self.dimension, usage)
 
+    # -- call level ----------------------------------------------------------------------
 
-def _normalize_rows(out: np.ndarray) -> None:
-    norms = np.linalg.norm(out, axis=1, keepdims=True)
-    np.divide(out, norms, out=out, where=norms > 0)
+    def _run_group(self, jobs: list[Job], bar: Callable[[int | None], None]) -> None:
+        """Embed the pending texts of *jobs* in shared, length-sorted provider calls."""
+        owners: dict[str, list[Job]] = {}
+        for job in jobs:
+            if job.error is None:
+                for text in job.pending:
+                    owners.setdefault(text, []).append(job)
+        todo = list(owners)
+        if len(todo) > 1:
+            # Sorting by length makes each batch pad to a similar length.
+            order = np.argsort(np.asarray(self._sort_keys(todo, owners)), kind="stable")
+            todo = [todo[i] for i in order]
+        size = self.config.batch_size
+        if self._caps.max_batch_size is not None:
+            size = min(size, self._caps.max_batch_size)
+        for start in range(0, len(todo), size):
+            chunk = todo[start : start + size]
+            self._embed_chunk(chunk, owners)
+            bar(len(chunk))
 
+    def _sort_keys(self, texts: list[str], owners: dict[str, list[Job]]) -> list[int]:
+        if self._caps.counts_tokens:
+            limit = self._info.max_tokens
+            keys = []
+            for text in texts:
+                job = owners[text][0]
+                n = job.tokens[job.pending[text][0]] or 0
+                keys.append(n if limit is None else min(n, limit))
+            return keys
+        if self._caps.text_lengths:
+            provider: Any = self._provider  # declares text_lengths: the method exists
+            return [int(n) for n in provider.text_lengths(texts)]
+        return [len(t) for t in texts]
 
-def _progress_bar(total: int, progress: bool | ProgressCallback) -> Callable[[int | None], None]:
-    """A callable fed with the texts done per step, and ``None`` at the end."""
-    if callable(progress):
-        done = 0
+    def _embed_chunk(
+        self, chunk: list[str], owners: dict[str, list[Job]], only: Job | None = None
+    ) -> None:
+        """One provider call for *chunk*; on failure, fail only the requests to blame.
 
-        def report(step: int | None) -> None:
-            nonlocal done
-            if step is not None:
-                done += step
-                progress(done)
-
-        return report
-    if not progress or total == 0:
-        return lambda step: None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is optional: a plain counter on stderr instead
-        import sys
-
-        done = 0
-
-        def plain(step: int | None) -> None:
-            nonlocal done
-            if step is None:
-                sys.stderr.write("\n")
-                return
-            done += step
-            sys.stderr.write(f"\rembedding: {done}/{total} texts")
-            sys.stderr.flush()
-
-        return plain
-    bar = tqdm(total=total, unit="text", desc="embedding")
-
-    def update(step: int | None) -> None:
-        if step is None:
-            bar.close()
+        With *only*, the call embeds that request's share of *chunk*, and a failure is
+        its own.
+        """
+        if only is not None:
+            chunk = [t for t in chunk if only.error is None and t in only.pending]
+            jobs = [only] if chunk else []
         else:
-            bar.update(step)
+            chunk = [t for t in chunk if any(job.error is None for job in owners[t])]
+            jobs = list({id(j): j for t in chunk for j in owners[t] if j.error is None}.values())
+        if not chunk:
+            return
+        try:
+            vectors, usage = self._call_provider(chunk, len(jobs), owners)
+        except TruncationError as exc:
+            if not 0 <= exc.index < len(chunk):
+                raise
+            # The provider saw a de-duplicated, sorted chunk: name each caller's index.
+            text = chunk[exc.index]
+            for job in owners[text]:
+                error = TruncationError(job.pending[text][0], exc.tokens, exc.max_tokens)
+                error.__cause__ = exc
+                job.fail(error)
+            self._embed_chunk([t for t in chunk if t != text], owners, only)
+            return
+        except (ProviderClosedError, ProviderBusyError) as exc:
+            for job in jobs:
+                job.fail(exc)
+            return
+        except AkidbEmbedError as exc:
+            if len(jobs) == 1:
+                jobs[0].fail(exc)
+                return
+            # Which request's texts broke the call? Run each request's share on its own,
+            # so only that one fails.
+            for job in jobs:
+                self._embed_chunk(chunk, owners, job)
+            return
+        self._store(chunk, vectors, owners)
+        if not self._caps.counts_tokens:
+            # Without counts each request has calls of its own: the usage is all its.
+            jobs[0].prompt_tokens += int(usage.get("prompt_tokens", 0))
+            jobs[0].truncated += int(usage.get("truncated", 0))
 
-    return update
+    def _store(self, chunk: list[str], vectors: np.ndarray, owners: dict[str, list[Job]]) -> None:
+        for text, vector in zip(chunk, vectors, strict=True):
+            vector.setflags(write=False)
+            first = owners[text][0]
+            self._cache.put(text, CacheEntry(vector, first.tokens[first.pending[text][0]]))
+            for job in owners[text]:
+                rows = job.pending.pop(text, None)
+                if rows is not None and job.out is not None:
+                    job.out[rows] = vector
+
+    def _call_provider(
+        self, chunk: list[str], requests: int, owners: Mapping[str, list[Job]] | None = None
+    ) -> tuple[np.ndarray, Mapping[str, int]]:
+        name = self._info.provider
+        tokens = longest = truncated = 0
+        if owners is not None and self._caps.counts_tokens:
+            limit = self._info.max_tokens
+            for text in chunk:
+                job = owners[text][0]
+                n = job.tokens[job.pending[text][0]] or 0
+                truncated += limit is not None and n > limit
+                n = n if limit is None else min(n, limit)
+                tokens += n
+                longest = max(longest, n)
+        waited = time.perf_counter()
+        if not self._slots.acquire(timeout=self._slot_timeout):
+            raise ProviderBusyError(
+                f"no provider slot came free within {self._slot_timeout:g} s "
+                f"({self._caps.max_concurrency} calls of {name!r} at once are all busy)"
+            )
+        start = time.perf_counter()
+        error: BaseException | None = None
+        usage: Mapping[str, int] = {}
+        try:
+            if self._caps.reports_usage:
+                result, usage = self._provider.embed_batch_with_usage(chunk)  # type: ignore[attr-defined]
+            else:
+                result, usage = self._provider.embed_batch(chunk), {}
+            out = check_output(name, result, len(chunk), self.dimension)
+        except AkidbEmbedError as exc:
+            error = exc
+            raise
+        except Exception as exc:  # any provider failure surfaces typed, naming the provider
+            error = ProviderError(name, f"embed_batch failed: {type(exc).__name__}: {exc}")
+            raise error from exc
+        finally:
+            self._slots.release()
+            if not self._caps.counts_tokens and error is None:
+                tokens = int(usage.get("prompt_tokens", 0))
+                truncated = int(usage.get("truncated", 0))
+            event = ProviderCallEvent(
+                name,
+                self._info.model,
+                len(chunk),
+                tokens,
+                longest,
+                truncated,
+                requests,
+                time.perf_counter() - start,
+                start - waited,
+                error,
+            )
+            self._notify("on_provider_call", event)
+        return out, usage
+
+    def _notify(self, method: str, event: Any) -> None:
+        for observer in self._observers:
+            try:
+                getattr(observer, method)(event)
+            except Exception:  # observing must never fail an embedding
+                _log.exception("observer %r failed in %s", observer, method)
+
+
+def _check_query(text: object) -> None:
+    if not isinstance(text, str):
+        raise EmbeddingInputError(f"query must be str, got {type(text).__name__}")

@@ -2,17 +2,21 @@
 registrations.
 
 Nothing is imported until a provider is asked for: listing the entry points reads
-distribution metadata only. A provider factory may declare ``requires`` (module
-names); :func:`available_providers` checks them with ``importlib.util.find_spec``
-so it can say *why* a provider is not loadable without importing heavy modules.
+distribution metadata only, once per process (:func:`refresh_providers` reads it
+again). A provider factory may declare ``requires`` (module names);
+:func:`available_providers` checks them with ``importlib.util.find_spec`` so it can
+say *why* a provider is not loadable without importing heavy modules.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import threading
-from collections.abc import Callable, Iterable
+import warnings
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
@@ -36,6 +40,9 @@ __all__ = [
     "available_providers",
     "create_provider",
     "get_provider_class",
+    "get_provider_factory",
+    "providers",
+    "refresh_providers",
     "register_provider",
     "unregister_provider",
 ]
@@ -51,6 +58,8 @@ _INSTALL_HINTS: dict[str, str] = {
 }
 
 _registered: dict[str, ProviderFactory] = {}
+# The entry points of ENTRY_POINT_GROUP, read on first use; None until then.
+_discovered: dict[str, list[EntryPoint]] | None = None
 _lock = threading.RLock()
 
 
@@ -78,13 +87,14 @@ def _ep_label(ep: EntryPoint) -> str:
     return f"{ep.value} (from {dist})"
 
 
-def _entry_points() -> dict[str, list[EntryPoint]]:
-    # importlib.metadata costs ~13 ms to import: only pay it when providers are looked up.
+def _read_group(group: str) -> dict[str, list[EntryPoint]]:
+    """Entry points of *group* by name; a name claimed twice keeps both, in order."""
+    # importlib.metadata costs ~13 ms to import: only pay it when a group is read.
     from importlib.metadata import entry_points
 
     found: dict[str, list[EntryPoint]] = {}
     seen: set[tuple[str, str, str]] = set()
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    for ep in entry_points(group=group):
         dist = ep.dist.name if ep.dist is not None else ""
         # The same distribution can be visible twice on sys.path (editable + site).
         key = (ep.name, ep.value, dist)
@@ -93,6 +103,29 @@ def _entry_points() -> dict[str, list[EntryPoint]]:
         seen.add(key)
         found.setdefault(ep.name, []).append(ep)
     return found
+
+
+def _entry_points() -> dict[str, list[EntryPoint]]:
+    global _discovered
+    with _lock:
+        if _discovered is None:
+            _discovered = _read_group(ENTRY_POINT_GROUP)
+        return _discovered
+
+
+def refresh_providers() -> None:
+    """Read the ``akidb_embed.providers`` entry points again.
+
+    They are read once per process, on first use; call this after installing or
+    removing a provider distribution in a running process (and in tests that lay out
+    distributions on ``sys.path``). In-process registrations are kept.
+    """
+    global _discovered
+    # New dist-info folders on sys.path are invisible to the path finders' caches.
+    importlib.invalidate_caches()
+    found = _read_group(ENTRY_POINT_GROUP)
+    with _lock:
+        _discovered = found
 
 
 def _install_hint(name: str, ep: EntryPoint | None) -> str:
@@ -153,8 +186,40 @@ def _restore(snapshot: dict[str, ProviderFactory]) -> None:
         _registered.update(snapshot)
 
 
-def get_provider_class(name: str) -> ProviderFactory:
+def _save_state() -> tuple[dict[str, ProviderFactory], dict[str, list[EntryPoint]] | None]:
+    """Registrations and discovered entry points, for the pytest plugin's isolation."""
+    with _lock:
+        return dict(_registered), _discovered
+
+
+def _restore_state(
+    state: tuple[dict[str, ProviderFactory], dict[str, list[EntryPoint]] | None],
+) -> None:
+    global _discovered
+    registered, discovered = state
+    with _lock:
+        _restore(registered)
+        _discovered = discovered
+
+
+def providers() -> Mapping[str, str]:
+    """A read-only snapshot of the known provider names, without importing any of them.
+
+    Each name maps to where it comes from: ``"module:attr (from distribution)"`` for an
+    entry point (several, joined by ``"; "``, when distributions collide) or
+    ``"module:qualname (registered)"`` for :func:`register_provider`. Use
+    :func:`available_providers` to learn which of them load.
+    """
+    known = {name: "; ".join(_ep_label(ep) for ep in eps) for name, eps in _entry_points().items()}
+    known.update({name: f"{_describe(f)} (registered)" for name, f in _snapshot().items()})
+    return MappingProxyType(dict(sorted(known.items())))
+
+
+def get_provider_factory(name: str) -> ProviderFactory:
     """Return the factory registered under *name*, importing its module if needed.
+
+    The factory is called as ``factory(config)``: usually a provider class, but any
+    callable qualifies; :func:`create_provider` calls it for you.
 
     Raises
     ------
@@ -193,6 +258,21 @@ def get_provider_class(name: str) -> ProviderFactory:
     return factory  # type: ignore[no-any-return]
 
 
+def get_provider_class(name: str) -> ProviderFactory:
+    """Deprecated alias of :func:`get_provider_factory`; emits :class:`DeprecationWarning`.
+
+    The name said "class", but a provider is built by any callable taking the config:
+    call :func:`get_provider_factory` instead. This alias will be removed in a future
+    release.
+    """
+    warnings.warn(
+        "get_provider_class() is deprecated; use get_provider_factory()",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return get_provider_factory(name)
+
+
 def available_providers() -> dict[str, ProviderStatus]:
     """Every discovered provider: name -> distribution, version, loadable or why not.
 
@@ -209,7 +289,7 @@ def available_providers() -> dict[str, ProviderStatus]:
             result[name] = ProviderStatus(name, ep.value, dist, version, False, reason)
             continue
         try:
-            get_provider_class(name)
+            get_provider_factory(name)
         except AkidbEmbedError as exc:
             result[name] = ProviderStatus(name, ep.value, dist, version, False, str(exc))
         else:
@@ -230,7 +310,7 @@ def available_providers() -> dict[str, ProviderStatus]:
 
 def create_provider(config: EmbeddingConfig) -> EmbeddingProvider:
     """Build the provider *config* selects, calling its factory with *config*."""
-    factory = get_provider_class(config.provider)
+    factory = get_provider_factory(config.provider)
     try:
         provider: Any = factory(config)
     except AkidbEmbedError:

@@ -1,49 +1,40 @@
 """The ``akidb-embed`` command line.
 
 Errors print one line and exit non-zero (2 for usage errors); ``--debug`` shows the
-traceback. Subcommands of the backends and the index are registered from their own
-modules, imported only when they are needed.
+traceback. Commands other than ``providers``, ``config`` and ``embed`` come from the
+entry point group ``akidb_embed.commands`` (the core's ``index`` and ``search``, the
+backends' ``export`` and ``mlx-quantize``, any third party's): ``name =
+"module:register"``, where ``register(subparsers)`` adds the command named *name*. A
+command's module is imported only when that command runs, or for ``--help``.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from ._version import __version__
 from .errors import AkidbEmbedError, ConfigError, EmbeddingInputError
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
 
-# Subcommands that live elsewhere: module with register(subparsers), install hint, help.
-_EXTERNAL_COMMANDS: dict[str, tuple[str, str, str]] = {
-    "export": (
-        "akidb_embed_onnx._cli",
-        "pip install 'akidb-embed[onnx]'",
-        "export a Hugging Face model to ONNX (optionally optimized / int8)",
-    ),
-    "mlx-quantize": (
-        "akidb_embed_mlx._cli",
-        "pip install 'akidb-embed[mlx]'",
-        "quantize a model for the MLX provider (4/8-bit)",
-    ),
-    "index": (
-        "akidb_embed.index._cli",
-        "pip install 'akidb-embed[index]'",
-        "build a vector index from text files",
-    ),
-    "search": (
-        "akidb_embed.index._cli",
-        "pip install 'akidb-embed[index]'",
-        "search a vector index built by `index build`",
-    ),
+__all__ = ["COMMAND_GROUP", "main"]
+
+COMMAND_GROUP = "akidb_embed.commands"
+
+_BUILTIN_COMMANDS = ("providers", "config", "embed")
+
+# Commands of distributions that are not installed by default: how to get them.
+_INSTALL_HINTS: dict[str, str] = {
+    "export": "pip install 'akidb-embed[onnx]'",
+    "mlx-quantize": "pip install 'akidb-embed[mlx]'",
 }
 
 
@@ -240,7 +231,13 @@ def _print_table(rows: Sequence[Sequence[str]]) -> None:
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The argument parser; *command* pre-loads an external subcommand's module."""
+    """The argument parser for a command line whose command is *command*.
+
+    Plugin commands are loaded only as *command* needs them: none for a built-in
+    command, that one for a plugin's, all of them (for ``--help``) when *command* is
+    None. A plugin command that cannot be loaded raises an exception whose message
+    says why (not installed, with the ``pip install`` command; claimed twice; broken).
+    """
     parser = _Parser(prog="akidb-embed", description="Text to embedding vectors.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -268,26 +265,72 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _config_arguments(p)
     p.set_defaults(func=_cmd_embed)
 
-    selected = _EXTERNAL_COMMANDS.get(command or "")
-    for name, (module, _hint, help_text) in _EXTERNAL_COMMANDS.items():
-        if selected is None or module != selected[0]:
-            # Listed in --help without importing anything; loaded when chosen.
-            sub.add_parser(name, help=help_text, add_help=False)
-    if selected is not None:
-        module, hint, _help = selected
-        try:
-            mod = importlib.import_module(module)
-        except ImportError as exc:
-            raise _MissingCommand(command or "", hint, exc) from exc
-        mod.register(sub)
+    _add_plugin_commands(sub, command)
     return parser
 
 
-class _MissingCommand(Exception):
-    def __init__(self, name: str, hint: str, cause: BaseException) -> None:
-        super().__init__(
-            f"the '{name}' command is not installed ({cause}); install it with: {hint}"
+class _CommandUnavailable(Exception):
+    """A plugin command that cannot run: not installed, claimed twice, or broken."""
+
+
+def _add_plugin_commands(sub: Any, command: str | None) -> None:
+    """Add the commands of group ``akidb_embed.commands`` that *command* needs.
+
+    A built-in command needs none; a plugin command, only itself; no command (``--help``)
+    loads them all, so the help can describe them; an unknown one, only their names.
+    """
+    if command in _BUILTIN_COMMANDS:
+        return
+    from ._registry import _read_group
+
+    found = {n: eps for n, eps in _read_group(COMMAND_GROUP).items() if n not in _BUILTIN_COMMANDS}
+    if command is not None:
+        if command in found:
+            _load_command(sub, command, found[command])
+            return
+        if command in _INSTALL_HINTS:
+            raise _CommandUnavailable(
+                f"the '{command}' command is not installed; "
+                f"install it with: {_INSTALL_HINTS[command]}"
+            )
+    for name in sorted({*found, *_INSTALL_HINTS}):
+        help_text = None
+        if name not in found:
+            help_text = f"(not installed: {_INSTALL_HINTS[name]})"
+        elif command is None:
+            try:
+                _load_command(sub, name, found[name])
+            # One broken plugin must not take the others' help down with it.
+            except _CommandUnavailable:
+                help_text = f"(unavailable: run `akidb-embed {name}` to see why)"
+        if name not in sub.choices:
+            sub.add_parser(name, help=help_text, add_help=False)
+
+
+def _load_command(sub: Any, name: str, eps: list[EntryPoint]) -> None:
+    from ._registry import _ep_label
+
+    if len(eps) > 1:
+        raise _CommandUnavailable(
+            f"the '{name}' command is claimed by both {_ep_label(eps[0])} and "
+            f"{_ep_label(eps[1])}; uninstall one of them"
         )
+    ep = eps[0]
+    try:
+        register = ep.load()
+        register(sub)
+    # A missing dependency of the plugin: say what to install.
+    except ImportError as exc:
+        dist = ep.dist.name if ep.dist is not None else None
+        hint = _INSTALL_HINTS.get(name) or (f"pip install --upgrade '{dist}'" if dist else None)
+        advice = f"; install it with: {hint}" if hint else ""
+        raise _CommandUnavailable(f"the '{name}' command is not installed ({exc}){advice}") from exc
+    except Exception as exc:  # a broken plugin must say which plugin broke
+        raise _CommandUnavailable(
+            f"the '{name}' command ({_ep_label(ep)}) failed to load: {exc!r}"
+        ) from exc
+    if name not in sub.choices:
+        raise _CommandUnavailable(f"entry point {_ep_label(ep)} did not add a '{name}' command")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -296,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     command = next((a for a in argv if not a.startswith("-")), None)
     try:
-        parser = build_parser(command if command in _EXTERNAL_COMMANDS else None)
+        parser = build_parser(command)
         args = parser.parse_args(argv)
         if not getattr(args, "func", None):
             parser.print_help(sys.stderr)
@@ -305,7 +348,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except _MissingCommand as exc:
+    except _CommandUnavailable as exc:
+        if debug:
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except (AkidbEmbedError, OSError) as exc:

@@ -24,8 +24,10 @@ __all__ = [
     "IndexBackendNotInstalledError",
     "IndexCorruptedError",
     "IndexInputError",
+    "InvalidRequestError",
     "ModelMismatchError",
     "ModelNotFoundError",
+    "ProviderBusyError",
     "ProviderClosedError",
     "ProviderError",
     "ProviderNotInstalledError",
@@ -157,6 +159,11 @@ class EmbeddingInputError(AkidbEmbedError, TypeError):
     """The texts passed to ``embed`` are not a sequence of ``str``."""
 
 
+class InvalidRequestError(EmbeddingInputError, ValueError):
+    """A request's options are invalid (an unknown truncation mode, a policy the
+    provider cannot apply, something that is not a request)."""
+
+
 class TruncationError(AkidbEmbedError, ValueError):
     """A text is longer than the model accepts and truncation is set to ``"error"``."""
 
@@ -188,6 +195,11 @@ class ProviderOutputError(ProviderError):
 
 class ProviderClosedError(AkidbEmbedError, RuntimeError):
     """The manager or provider has been closed."""
+
+
+class ProviderBusyError(AkidbEmbedError, TimeoutError):
+    """No provider slot came free in time: every one of the provider's
+    ``max_concurrency`` calls stayed busy for the whole wait."""
 
 
 class ModelNotFoundError(AkidbEmbedError, FileNotFoundError):

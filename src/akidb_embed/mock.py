@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._types import ModelInfo
+from ._types import ModelInfo, ProviderCapabilities
 
 if TYPE_CHECKING:
     from ._config import EmbeddingConfig
@@ -75,8 +75,11 @@ class MockEmbeddingProvider:
     seed:
         Changes every direction, giving an independent "model".
     max_tokens:
-        Word limit reported in :class:`ModelInfo`; longer texts are cut (silently
-        counted in :attr:`truncated`).
+        Word limit reported in :class:`ModelInfo`; longer texts are cut (and counted in
+        :attr:`truncated`); :meth:`count_tokens` counts words, so the manager applies
+        ``truncation = "error"``.
+    max_concurrency:
+        The ``max_concurrency`` it declares in :attr:`capabilities` (default 4).
 
     Attributes
     ----------
@@ -99,6 +102,7 @@ class MockEmbeddingProvider:
         seed: int = 0,
         max_tokens: int | None = 512,
         model: str = "mock",
+        max_concurrency: int = 4,
     ) -> None:
         options: dict[str, Any] = {}
         if isinstance(config, bool):
@@ -122,6 +126,11 @@ class MockEmbeddingProvider:
         self.fail_on = fail_on
         self.failure = failure if failure is not None else MockProviderFailure
         self.model = model
+        self.capabilities = ProviderCapabilities(
+            max_concurrency=int(options.get("max_concurrency", max_concurrency)),
+            reports_usage=True,
+            counts_tokens=True,
+        )
         self.calls: list[list[str]] = []
         self.truncated = 0
         self.closed = False
@@ -187,6 +196,10 @@ class MockEmbeddingProvider:
             with self._lock:
                 self.truncated += truncated
         return out, {"prompt_tokens": tokens, "truncated": truncated}
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Words of each text before truncation (the mock's "tokens")."""
+        return [len(_WORD_RE.findall(text.lower())) for text in texts]
 
     def close(self) -> None:
         self.closed = True

@@ -9,9 +9,14 @@ Fixtures
 ``make_embedding_manager``
     ``make_embedding_manager(**config_overrides)`` builds managers (provider ``mock``
     unless overridden) and closes them after the test.
+``akidb_isolated``
+    Opt-in isolation: ``AKIDB_*`` environment variables, in-process provider
+    registrations and the discovered provider entry points are restored after the
+    test, whatever it changed. Request the fixture, or mark tests (a function, a
+    class, a module's ``pytestmark``) with ``@pytest.mark.akidb_isolated``.
 
-Every test also gets isolation: ``AKIDB_*`` environment variables and in-process
-provider registrations are restored after it, whatever it changed.
+Nothing is isolated unless asked for: the plugin leaves the environment of other
+projects' tests alone.
 """
 
 from __future__ import annotations
@@ -30,10 +35,26 @@ from .mock import MockEmbeddingProvider
 _ENV_PREFIX = "AKIDB_"
 
 
-@pytest.fixture(autouse=True)
-def _akidb_isolation() -> Iterator[None]:
+_MARKER = "akidb_isolated"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{_MARKER}: restore AKIDB_* environment variables and akidb-embed provider "
+        "registrations after the test (the akidb_isolated fixture)",
+    )
+
+
+@pytest.fixture
+def akidb_isolated() -> Iterator[None]:
+    """Restore ``AKIDB_*`` environment variables and provider registrations afterwards.
+
+    Covers :func:`~akidb_embed.register_provider` / ``unregister_provider`` and the
+    entry points read by :func:`~akidb_embed.refresh_providers`.
+    """
     saved_env = {k: v for k, v in os.environ.items() if k.startswith(_ENV_PREFIX)}
-    saved_registry = _registry._snapshot()
+    saved_registry = _registry._save_state()
     try:
         yield
     finally:
@@ -41,7 +62,15 @@ def _akidb_isolation() -> Iterator[None]:
             if key not in saved_env:
                 del os.environ[key]
         os.environ.update(saved_env)
-        _registry._restore(saved_registry)
+        _registry._restore_state(saved_registry)
+
+
+@pytest.fixture(autouse=True)
+def _akidb_isolated_marker(request: pytest.FixtureRequest) -> None:
+    # A no-op unless the test is marked. Checked at set-up, not at collection, because
+    # the marker may come from a class, a module, pytest.param(marks=...) or a hook.
+    if request.node.get_closest_marker(_MARKER) is not None:
+        request.getfixturevalue("akidb_isolated")
 
 
 @pytest.fixture

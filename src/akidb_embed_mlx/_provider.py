@@ -8,16 +8,23 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from akidb_embed._config import EmbeddingConfig
-from akidb_embed._types import ModelInfo
+from akidb_embed import EmbeddingConfig, ModelInfo, ProviderCapabilities
+from akidb_embed.backend import (
+    TokenCounter,
+    check_max_length,
+    check_options,
+    check_truncation,
+    load_tokenizer,
+    normalize_rows,
+    open_model,
+    pool,
+    str_option,
+)
 from akidb_embed.errors import (
-    ConfigValueError,
     ExecutionProviderError,
     ProviderClosedError,
     ProviderError,
     ProviderOutputError,
-    TruncationError,
-    UnknownConfigKeyError,
 )
 
 if TYPE_CHECKING:
@@ -72,55 +79,44 @@ class MLXEmbeddingProvider:
     ExecutionProviderError
         ``device="gpu"`` but MLX has no GPU here.
     ConfigValueError, UnknownConfigKeyError
-        A bad option.
+        A bad option, or ``max_length`` above the model's positions.
+    ProviderError
+        The model's sentence-transformers pipeline has modules this provider does not run
+        (``Dense``, ...), or pools without its prompt tokens (``include_prompt = false``).
     """
 
     requires: tuple[str, ...] = ("mlx", "tokenizers", "huggingface_hub")
     thread_safe = True
     name = "mlx"
+    # Calls serialise on one lock around the model: running more at once gains nothing.
+    capabilities = ProviderCapabilities(
+        max_concurrency=1, reports_usage=True, counts_tokens=True, text_lengths=True
+    )
 
     def __init__(self, config: EmbeddingConfig | None = None) -> None:
         import mlx.core as mx
-
-        from akidb_embed import models
 
         from ._model import load_model
         from ._weights import mlx_dtype
 
         config = config or EmbeddingConfig(provider="mlx")
         self.config = config
-        options = dict(config.options)
-        for key in options:
-            if key not in OPTIONS:
-                raise UnknownConfigKeyError(key, "options of the mlx provider", OPTIONS)
-        self._device = _pick_device(mx, options.get("device"))
+        options = check_options(config.options, OPTIONS, "mlx")
+        self._device = _pick_device(mx, str_option(options, "device", choices=_DEVICES))
         dtype_name = options.get("dtype", "float32")
         self._dtype = mlx_dtype(dtype_name)
         self._dtype_name = dtype_name
+        padding_side = str_option(options, "padding_side", choices=("left", "right"))
 
-        padding_side = options.get("padding_side")
-        if padding_side not in (None, "left", "right"):
-            raise ConfigValueError(
-                "options.padding_side", f"must be 'left' or 'right', got {padding_side!r}", "mlx"
-            )
-
-        resolved = models.resolve_model(
-            config.model,
-            revision=options.get("revision"),
-            cache_dir=config.cache_dir,
-            offline=config.offline,
-            allow_patterns=[*models.SENTENCE_TRANSFORMERS_FILES, *_WEIGHT_FILES],
+        resolved, spec = open_model(
+            config,
+            "mlx",
+            revision=str_option(options, "revision"),
+            files=_WEIGHT_FILES,
             required=_REQUIRED,
         )
         self._path = resolved.path
         self._revision = resolved.revision
-        spec = models.read_sentence_transformers_config(self._path)
-        if spec.unsupported_modules:
-            raise ProviderError(
-                "mlx",
-                f"{config.model} ends with sentence-transformers module(s) "
-                f"{', '.join(spec.unsupported_modules)}, which the MLX provider does not run",
-            )
         with mx.stream(self._device):
             self._model: LoadedModel = load_model(self._path, config.model, self._dtype)
 
@@ -140,15 +136,13 @@ class MLXEmbeddingProvider:
             task = options.get("query_instruction", QWEN3_QUERY_INSTRUCTION)
             self._prompts["query"] = f"Instruct: {task}\nQuery:"
 
-        limit = self._model.max_positions
-        if config.max_length is not None and config.max_length > limit:
-            raise ConfigValueError(
-                "max_length",
-                f"{config.max_length} is more than the model's {limit} positions",
-                config.source("max_length"),
-            )
-        self._max_tokens = min(config.max_length or spec.max_seq_length or limit, limit)
-        self._tokenizer: Tokenizer = models.load_tokenizer(
+        self._max_tokens = check_max_length(
+            config.max_length,
+            self._model.max_positions,
+            default=spec.max_seq_length,
+            source=config.source("max_length"),
+        )
+        self._tokenizer: Tokenizer = load_tokenizer(
             self._path,
             self._max_tokens,
             do_lower_case=spec.do_lower_case,
@@ -157,10 +151,7 @@ class MLXEmbeddingProvider:
         self._dimension = self._model.hidden_size * len(self._pooling_modes)
         if "lasttoken" in self._pooling_modes:
             _ensure_eos(self._tokenizer, self._model.config)
-        # Counts the tokens of a text the limit cut, for the TruncationError message.
-        self._counter = type(self._tokenizer).from_str(self._tokenizer.to_str())
-        self._counter.no_truncation()
-        self._counter.no_padding()
+        self._counter = TokenCounter(self._tokenizer)
         self._lock = threading.Lock()
         self._closed = False
 
@@ -202,7 +193,13 @@ class MLXEmbeddingProvider:
                 self._tokenizer.encode_batch(texts[i : i + bs]) for i in range(0, len(texts), bs)
             ]
             encodings = [e for chunk in chunks for e in chunk]
-            self._check_truncation(texts, encodings, usage)
+            usage["truncated"] = check_truncation(
+                encodings,
+                texts,
+                truncation=self.config.truncation,
+                max_tokens=self._max_tokens,
+                counter=self._counter,
+            )
             for n, chunk in enumerate(chunks):
                 out[n * bs : n * bs + len(chunk)] = self._forward(chunk, n * bs)
         usage["prompt_tokens"] = sum(sum(e.attention_mask) for e in encodings)
@@ -214,6 +211,11 @@ class MLXEmbeddingProvider:
             self._check_open()
             encodings = self._tokenizer.encode_batch(list(texts))
         return [sum(e.attention_mask) for e in encodings]
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Token count of each text before truncation, special tokens included."""
+        self._check_open()
+        return self._counter.count(texts)
 
     def close(self) -> None:
         """Drop the weights. Calling it twice is harmless."""
@@ -229,21 +231,8 @@ class MLXEmbeddingProvider:
         if self._closed:
             raise ProviderClosedError("MLXEmbeddingProvider is closed")
 
-    def _check_truncation(
-        self, texts: list[str], encodings: list[Any], usage: dict[str, int]
-    ) -> None:
-        for i, encoding in enumerate(encodings):
-            if not encoding.overflowing:
-                continue
-            if self.config.truncation == "error":
-                tokens = len(self._counter.encode(texts[i]).ids)
-                raise TruncationError(i, tokens, self._max_tokens)
-            usage["truncated"] += 1
-
     def _forward(self, encodings: list[Any], offset: int) -> np.ndarray:
         import mlx.core as mx
-
-        from akidb_embed.models import pool
 
         ids = np.array([e.ids for e in encodings], dtype=np.int32)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int32)
@@ -263,17 +252,12 @@ class MLXEmbeddingProvider:
                 "use dtype float32 or bfloat16",
             )
         if self._normalize:
-            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-            np.divide(vectors, norms, out=vectors, where=norms > 0)
+            normalize_rows(vectors)
         return vectors
 
 
-def _pick_device(mx: Any, requested: object) -> mx.Device:
+def _pick_device(mx: Any, requested: str | None) -> mx.Device:
     """The MLX device to run on; a requested GPU that MLX lacks is an error, not a fallback."""
-    if requested is not None and requested not in _DEVICES:
-        raise ConfigValueError(
-            "options.device", f"must be 'gpu', 'cpu' or unset, got {requested!r}", "mlx"
-        )
     has_gpu = bool(mx.is_available(mx.gpu))
     if requested == "gpu" and not has_gpu:
         raise ExecutionProviderError(

@@ -14,27 +14,27 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from akidb_embed._config import EmbeddingConfig
-from akidb_embed._types import ModelInfo
+from akidb_embed import EmbeddingConfig, ModelInfo, ProviderCapabilities
+from akidb_embed.backend import (
+    SentenceTransformerSpec,
+    TokenCounter,
+    available_cores,
+    check_max_length,
+    check_options,
+    check_token_ids,
+    check_truncation,
+    int_option,
+    load_tokenizer,
+    normalize_rows,
+    open_model,
+    pool,
+    str_option,
+)
 from akidb_embed.errors import (
     ConfigTypeError,
-    ConfigValueError,
     ExecutionProviderError,
-    ModelNotFoundError,
     ProviderClosedError,
     ProviderError,
-    TruncationError,
-    UnknownConfigKeyError,
-)
-from akidb_embed.models import (
-    SENTENCE_TRANSFORMERS_FILES,
-    ResolvedModel,
-    SentenceTransformerSpec,
-    available_cores,
-    load_tokenizer,
-    pool,
-    read_sentence_transformers_config,
-    resolve_model,
 )
 
 if TYPE_CHECKING:
@@ -70,33 +70,21 @@ _OPTIONS = (
     "session_batch_size",
     "concurrent_runs",
 )
-# Texts per session run on the CPU: small batches keep activations in cache. On
-# all-MiniLM-L6-v2 with 2 cores, 8 runs 10-15% faster than 32 (fp32 and int8).
+# Benchmarks behind these three: benchmarks/README.md, "Measured choices in the onnx provider".
+# Texts per session run on the CPU: small batches keep activations in cache.
 _CPU_SESSION_BATCH = 8
-# int8 models on the CPU: GEMMs on VNNI/AMX are cheap, so the per-operator work
-# (attention, GELU, LayerNorm, quantizing activations) dominates and splits badly across
-# threads. Measured on all-MiniLM-L6-v2 int8, 2 cores: runs of 2 texts, each on a
-# single-threaded session run, two at once, reach 400 texts/s against 342 for runs of 8
-# on one 2-thread session (fp32: no gain, so fp32 keeps one multi-threaded run).
+# int8 on the CPU: per-operator work, not GEMMs, dominates and splits badly across threads,
+# so several single-threaded runs at once beat one multi-threaded run (fp32 does not gain).
 _CPU_CONCURRENT_BATCH = 2
-# onnxruntime's CPU SkipLayerNormalization kernel is ~8x slower per element than
-# LayerNormalization + Add (onnxruntime 1.32): without the runtime fusion, the int8
-# all-MiniLM-L6-v2 export runs ~12% faster. Other execution providers keep it.
+# onnxruntime's CPU SkipLayerNormalization kernel is slower than the LayerNormalization + Add
+# it fuses; other execution providers keep the fusion.
 _CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
+# Encodings count_tokens keeps for the embed call that follows it (each at most
+# max_length ids: uncut texts only).
+_HANDOFF_LIMIT = 4096
 _EXPORT_HINT = (
     "Make an ONNX folder from a safetensors model with: akidb-embed export {model} --out DIR"
 )
-
-
-def _int_option(options: Mapping[str, Any], key: str) -> int | None:
-    value = options.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigTypeError(f"options.{key}", "an integer", value, "options")
-    if value < 1:
-        raise ConfigValueError(f"options.{key}", f"must be >= 1, got {value}", "options")
-    return value
 
 
 def _execution_providers(value: Any) -> list[tuple[str, dict[str, Any]]]:
@@ -150,7 +138,7 @@ class OnnxEmbeddingProvider:
     ----------
     config:
         ``model`` is a Hugging Face repo id (``org/name`` or ``org/name@revision``) or a
-        local folder; ``max_length`` (capped at the model's limit), ``truncation``,
+        local folder; ``max_length`` (at most the model's limit), ``truncation``,
         ``batch_size``, ``offline`` and ``cache_dir`` apply. ``options`` may hold:
 
         ``onnx_file``
@@ -185,32 +173,34 @@ class OnnxEmbeddingProvider:
     ExecutionProviderError
         A requested execution provider is not available.
     UnknownConfigKeyError, ConfigTypeError, ConfigValueError
-        Bad options.
+        Bad options, or ``max_length`` above the model's limit.
+    ProviderError
+        The model's sentence-transformers pipeline has modules this provider does not run
+        (``Dense``, ...), or pools without its prompt tokens (``include_prompt = false``).
     """
 
     requires = ("onnxruntime", "tokenizers", "huggingface_hub")
     thread_safe = True
+    # One call already runs on every core: calls at once would only oversubscribe them.
+    capabilities = ProviderCapabilities(
+        max_concurrency=1,
+        reports_usage=True,
+        counts_tokens=True,
+        text_lengths=True,
+        token_input=True,
+    )
 
     def __init__(self, config: EmbeddingConfig | None = None) -> None:
         self.config = config or EmbeddingConfig(provider="onnx")
-        options = dict(self.config.options)
-        for key in options:
-            if key not in _OPTIONS:
-                raise UnknownConfigKeyError(
-                    key, "[embedding.options] of the onnx provider", _OPTIONS
-                )
-        onnx_file = options.get("onnx_file")
-        if onnx_file is not None and (not isinstance(onnx_file, str) or not onnx_file):
-            raise ConfigTypeError("options.onnx_file", "a file name", onnx_file, "options")
-        revision = options.get("revision")
-        if revision is not None and not isinstance(revision, str):
-            raise ConfigTypeError("options.revision", "a string", revision, "options")
-        threads = _int_option(options, "threads") or available_cores()
-        inter_threads = _int_option(options, "inter_op_threads") or 1
+        options = check_options(self.config.options, _OPTIONS, "onnx")
+        onnx_file = str_option(options, "onnx_file")
+        revision = str_option(options, "revision")
+        threads = int_option(options, "threads") or available_cores()
+        inter_threads = int_option(options, "inter_op_threads") or 1
         providers = _execution_providers(options.get("execution_providers"))
         on_cpu = all(name == "CPUExecutionProvider" for name, _ in providers)
-        concurrent = _int_option(options, "concurrent_runs")
-        session_batch = _int_option(options, "session_batch_size")
+        concurrent = int_option(options, "concurrent_runs")
+        session_batch = int_option(options, "session_batch_size")
 
         import onnxruntime as ort
 
@@ -226,26 +216,28 @@ class OnnxEmbeddingProvider:
                 )
 
         candidates = (onnx_file, f"onnx/{onnx_file}") if onnx_file else DEFAULT_ONNX_FILES
-        self._resolved = self._resolve(candidates, revision)
+        self._resolved, spec = open_model(
+            self.config,
+            "onnx",
+            revision=revision,
+            # "*" also takes external weights (model.onnx_data, model.onnx.data).
+            files=["vocab.txt", *(c + "*" for c in candidates)],
+            required=[tuple(candidates), ("tokenizer.json", "*/tokenizer.json")],
+            missing_hint=(
+                f"It has no ONNX file ({' or '.join(candidates)}): set options.onnx_file to "
+                "the one it ships, or " + _EXPORT_HINT.format(model=self.config.model) + "."
+            ),
+        )
+        self._spec = spec
         root = self._resolved.path
-        self._spec = read_sentence_transformers_config(root)
-        spec = self._spec
-        if spec.unsupported_modules:
-            raise ProviderError(
-                "onnx",
-                f"model {self.config.model!r} has modules this provider does not run: "
-                f"{', '.join(spec.unsupported_modules)} (only Transformer, Pooling, Normalize)",
-            )
-        if not spec.include_prompt:
-            raise ProviderError(
-                "onnx",
-                f"model {self.config.model!r} pools without its prompt tokens "
-                "(include_prompt = false), which this provider does not support",
-            )
         self._onnx_path = next(root / c for c in candidates if (root / c).is_file())
 
-        model_max = spec.max_seq_length or 512
-        self._max_length = min(self.config.max_length or model_max, model_max)
+        self._max_length = check_max_length(
+            self.config.max_length,
+            spec.max_positions or spec.max_seq_length or 512,
+            default=spec.max_seq_length,
+            source=self.config.source("max_length"),
+        )
         tokenizer = load_tokenizer(
             root / spec.transformer_dir, self._max_length, do_lower_case=spec.do_lower_case
         )
@@ -254,8 +246,10 @@ class OnnxEmbeddingProvider:
         self._left_pad = str(padding.get("direction", "right")).lower() == "left"
         tokenizer.no_padding()
         self._tokenizer: Tokenizer = tokenizer
-        self._counter: Tokenizer | None = None
-        self._counter_lock = threading.Lock()
+        self._counter = TokenCounter(tokenizer)
+        self._handoff: dict[str, Encoding] = {}
+        self._handoff_lock = threading.Lock()
+        self._vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
 
         self._session_args = (
             [name for name, _ in providers],
@@ -308,28 +302,6 @@ class OnnxEmbeddingProvider:
         )
 
     # -- construction helpers -------------------------------------------------------------
-
-    def _resolve(self, candidates: Sequence[str], revision: str | None) -> ResolvedModel:
-        patterns = [*SENTENCE_TRANSFORMERS_FILES, "vocab.txt"]
-        # "*" also takes external weights (model.onnx_data, model.onnx.data).
-        patterns += [c + "*" for c in candidates]
-        try:
-            return resolve_model(
-                self.config.model,
-                revision=revision,
-                cache_dir=self.config.cache_dir,
-                offline=self.config.offline,
-                allow_patterns=patterns,
-                required=[tuple(candidates), ("tokenizer.json", "*/tokenizer.json")],
-            )
-        except ModelNotFoundError as exc:
-            if not any("missing:" in place for place in exc.searched):
-                raise
-            hint = (
-                f"It has no ONNX file ({' or '.join(candidates)}): set options.onnx_file to "
-                "the one it ships, or " + _EXPORT_HINT.format(model=self.config.model) + "."
-            )
-            raise ModelNotFoundError(self.config.model, exc.searched, hint) from exc
 
     def _setup_io(self, session: Any) -> None:
         known = {"input_ids", "attention_mask", "token_type_ids", "position_ids"}
@@ -401,11 +373,46 @@ class OnnxEmbeddingProvider:
         encodings = self._encode(texts)
         return [len(e.ids) for e in encodings]
 
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Token count of each text before truncation, special tokens included."""
+        encodings = self._encode(texts)
+        # The manager counts right before it embeds the same texts: hand the encodings
+        # over, so each text is tokenized once (bounded: cleared when full).
+        # Cut texts are left out: their encodings carry the overflow, and they are rare.
+        kept = [(t, e) for t, e in zip(texts, encodings, strict=True) if not e.overflowing]
+        if len(kept) <= _HANDOFF_LIMIT:
+            with self._handoff_lock:
+                if len(self._handoff) + len(kept) > _HANDOFF_LIMIT:
+                    self._handoff.clear()
+                self._handoff.update(kept)
+        cut = [i for i, e in enumerate(encodings) if e.overflowing]
+        counts = [len(e.ids) for e in encodings]
+        for i, n in zip(cut, self._counter.count([texts[i] for i in cut]), strict=True):
+            counts[i] = n
+        return counts
+
+    def embed_token_ids(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """Embed texts given as token ids (``tokenizer.encode(text).ids``, special tokens
+        included); the same vectors as the texts themselves.
+
+        Raises
+        ------
+        EmbeddingInputError
+            Not lists of ints, an empty list, or an id outside the vocabulary.
+        TruncationError
+            A list is longer than the token limit (token ids are never cut).
+        """
+        self._live_session()
+        rows = check_token_ids(ids, vocab_size=self._vocab_size, max_tokens=self._max_length)
+        return self._run_ids(rows)
+
     def close(self) -> None:
         """Release the sessions and worker threads. Calling it again is harmless."""
         with self._pool_lock:
             self._session = None
             pool, self._pool = self._pool, None
+        with self._handoff_lock:
+            self._handoff.clear()
         if pool is not None:
             pool[1].shutdown(wait=True)
 
@@ -423,55 +430,69 @@ class OnnxEmbeddingProvider:
             return [self._tokenizer.encode(texts[0])]
         return self._tokenizer.encode_batch(list(texts))
 
-    def _full_token_count(self, text: str) -> int:
-        with self._counter_lock:
-            if self._counter is None:
-                from tokenizers import Tokenizer
-
-                counter = Tokenizer.from_str(self._tokenizer.to_str())
-                counter.no_truncation()
-                self._counter = counter
-            return len(self._counter.encode(text).ids)
-
-    def _run_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, int, int]:
+    def _live_session(self) -> Any:
         session = self._session
         if session is None:
             raise ProviderClosedError("the onnx provider is closed")
-        n = len(texts)
-        dimension = self._info.dimension if hasattr(self, "_info") else None
-        if n == 0:
-            return np.zeros((0, dimension or 0), dtype=np.float32), 0, 0
-        encodings = self._encode(texts)
-        lengths = [len(e.ids) for e in encodings]
-        truncated = [i for i, e in enumerate(encodings) if e.overflowing]
-        if truncated and self.config.truncation == "error":
-            first = truncated[0]
-            raise TruncationError(first, self._full_token_count(texts[first]), self._max_length)
+        return session
 
-        order = sorted(range(n), key=lengths.__getitem__) if n > 1 else [0]
+    def _handed_over(self, texts: Sequence[str]) -> list[Encoding]:
+        """Encodings of *texts*: those :meth:`count_tokens` made, the others encoded now."""
+        if not self._handoff:
+            return self._encode(texts)
+        with self._handoff_lock:
+            found = [self._handoff.pop(t, None) for t in texts]
+        missing = [i for i, e in enumerate(found) if e is None]
+        if missing:
+            for i, encoding in zip(missing, self._encode([texts[i] for i in missing]), strict=True):
+                found[i] = encoding
+        return found  # type: ignore[return-value]
+
+    def _run_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, int, int]:
+        self._live_session()
+        if not texts:
+            return self._run_ids([]), 0, 0
+        encodings = self._handed_over(texts)
+        truncated = check_truncation(
+            encodings,
+            texts,
+            truncation=self.config.truncation,
+            max_tokens=self._max_length,
+            counter=self._counter,
+        )
+        rows = [e.ids for e in encodings]
+        return self._run_ids(rows), sum(len(r) for r in rows), truncated
+
+    def _run_ids(self, rows: Sequence[Sequence[int]]) -> np.ndarray:
+        """Vectors for token id lists: sorted by length, run in sub-batches, restored."""
+        session = self._live_session()
+        n = len(rows)
+        if n == 0:
+            dimension = self._info.dimension if hasattr(self, "_info") else 0
+            return np.zeros((0, dimension), dtype=np.float32)
+        order = sorted(range(n), key=lambda i: len(rows[i])) if n > 1 else [0]
         size = self.session_batch_size
         chunks = [order[start : start + size] for start in range(0, n, size)]
 
-        def run(rows: list[int], session: Any = session) -> np.ndarray:
-            return self._forward(session, [encodings[i] for i in rows], [lengths[i] for i in rows])
+        def run(chunk: list[int], session: Any = session) -> np.ndarray:
+            return self._forward(session, [rows[i] for i in chunk])
 
         if len(chunks) > 1 and self.concurrent_runs > 1:
             single, executor = self._concurrent_pool()
             try:
-                results = list(executor.map(lambda rows: run(rows, single), chunks))
+                results = list(executor.map(lambda chunk: run(chunk, single), chunks))
             except RuntimeError:  # the executor refuses work once close() shut it down
                 if self._session is None:
                     raise ProviderClosedError("the onnx provider is closed") from None
                 raise
         else:
-            results = [run(rows) for rows in chunks]
+            results = [run(chunk) for chunk in chunks]
         out = np.empty((n, results[0].shape[1]), dtype=np.float32)
-        for rows, vectors in zip(chunks, results, strict=True):
-            out[rows] = vectors
+        for chunk, vectors in zip(chunks, results, strict=True):
+            out[chunk] = vectors
         if self._spec.normalize:
-            norms = np.linalg.norm(out, axis=1, keepdims=True)
-            np.divide(out, norms, out=out, where=norms > 0)
-        return out, sum(lengths), len(truncated)
+            normalize_rows(out)
+        return out
 
     def _new_session(self, threads: int) -> Any:
         import onnxruntime as ort
@@ -510,13 +531,14 @@ class OnnxEmbeddingProvider:
                 self._pool = (single, executor)
             return self._pool
 
-    def _forward(self, session: Any, encodings: list[Encoding], lengths: list[int]) -> np.ndarray:
-        batch, width = len(encodings), max(lengths)
+    def _forward(self, session: Any, rows: list[Sequence[int]]) -> np.ndarray:
+        batch, width = len(rows), max(len(r) for r in rows)
         ids = np.full((batch, width), self._pad_id, dtype=np.int64)
         mask = np.zeros((batch, width), dtype=np.int64)
-        for row, (encoding, length) in enumerate(zip(encodings, lengths, strict=True)):
+        for row, tokens in enumerate(rows):
+            length = len(tokens)
             cols = slice(width - length, width) if self._left_pad else slice(0, length)
-            ids[row, cols] = encoding.ids
+            ids[row, cols] = tokens
             mask[row, cols] = 1
         feed: dict[str, np.ndarray] = {}
         for name, dtype in self._inputs:

@@ -85,9 +85,13 @@ def test_text_lengths_forwarded_only_when_the_target_has_it(
     with_lengths = make_bridge("scripted-lengths")
     assert with_lengths.text_lengths(["a b c", "", "one"]) == [3, 0, 1]
     manager = EmbeddingManager(with_lengths, bridge_config("scripted-lengths"))
-    assert manager._text_lengths is not None  # the manager sorts batches by token count
-    without = make_bridge("mock")
-    assert not hasattr(without, "text_lengths")
+    assert manager.capabilities.text_lengths  # the manager sorts batches by token count
+    assert not manager.capabilities.counts_tokens
+    mock = make_bridge("mock")
+    assert not mock.capabilities.text_lengths and mock.capabilities.counts_tokens
+    assert mock.count_tokens(["a b c", "", "one"]) == [3, 0, 1]
+    with pytest.raises(ProviderError, match="no text_lengths"):
+        mock.text_lengths(["a"])
 
 
 def test_target_without_usage_and_float64_output(make_bridge: MakeBridge) -> None:

@@ -40,4 +40,15 @@ def test_plugin_guide_conformance_example(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(akidb_embed_mine=module)
     (suite,) = [b for b in python_blocks("plugins.md") if "ProviderConformance)" in b]
     pytester.makepyfile(test_mine=suite)
-    pytester.runpytest_subprocess().assert_outcomes(passed=11)
+    pytester.runpytest_subprocess().assert_outcomes(passed=13)
+
+
+def test_manager_guide_examples_run(capsys: pytest.CaptureFixture[str]) -> None:
+    blocks = python_blocks("manager.md")
+    assert len(blocks) == 2
+    for block in blocks:
+        exec(compile(block, "docs/manager.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "failed: Text at index 1 has 2000 tokens" in out
+    assert "failed: texts[1] must be str" in out
+    assert "(2, 384)" in out and "request ok 1" in out

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 HEAVY = (
     "onnxruntime",
     "tokenizers",
@@ -72,3 +74,16 @@ def test_public_api_names() -> None:
         provider="p", model="m", dimension=3, max_tokens=None, pooling="mean", normalized=True
     )
     assert hash(info) == hash(akidb_embed.ModelInfo.from_dict(info.to_dict()))
+
+
+def test_the_old_models_module_is_a_deprecated_alias_of_the_toolkit() -> None:
+    import importlib
+    import sys
+
+    import akidb_embed.backend as backend
+
+    sys.modules.pop("akidb_embed.models", None)
+    with pytest.warns(DeprecationWarning, match="akidb_embed.backend"):
+        models = importlib.import_module("akidb_embed.models")
+    assert models.resolve_model is backend.resolve_model
+    assert set(models.__all__) == set(backend.__all__)

@@ -263,6 +263,10 @@ def test_not_thread_safe_provider_is_serialised() -> None:
     class Fragile(MockEmbeddingProvider):
         thread_safe = False
 
+        def __init__(self) -> None:
+            super().__init__()
+            self.capabilities = None  # a plugin written before capabilities existed
+
         def embed_batch(self, texts):
             nonlocal active, peak
             with lock:

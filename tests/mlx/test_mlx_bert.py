@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from akidb_embed import EmbeddingConfig, EmbeddingManager, get_provider_class
+from akidb_embed import (
+    EmbeddingConfig,
+    EmbeddingManager,
+    ProviderCapabilities,
+    get_provider_factory,
+    provider_capabilities,
+)
 from akidb_embed.errors import (
     ConfigValueError,
     ExecutionProviderError,
     ModelNotFoundError,
     ProviderClosedError,
+    ProviderError,
     TruncationError,
     UnknownConfigKeyError,
 )
@@ -113,8 +124,39 @@ def test_max_length_matches_sentence_transformers(
 
 
 def test_max_length_beyond_model(minilm: Path) -> None:
-    with pytest.raises(ConfigValueError, match="512 positions"):
+    with pytest.raises(ConfigValueError, match="model's limit of 512 tokens"):
         MLXEmbeddingProvider(_config(minilm, max_length=1000))
+
+
+def _with_dense(modules: list[dict[str, object]]) -> list[dict[str, object]]:
+    dense = {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}
+    return [*modules[:2], dense, *modules[2:]]
+
+
+@pytest.mark.parametrize(
+    ("file", "edit", "match"),
+    [
+        ("modules.json", _with_dense, "Dense"),
+        ("1_Pooling/config.json", lambda cfg: {**cfg, "include_prompt": False}, "include_prompt"),
+    ],
+)
+def test_pipelines_it_cannot_run_exactly_are_refused(
+    minilm: Path, tmp_path: Path, file: str, edit: Callable[[Any], Any], match: str
+) -> None:
+    # Links to the packaged files; the one edited is unlinked first, never written through.
+    folder = Path(shutil.copytree(minilm, tmp_path / "edited", copy_function=os.symlink))
+    edited = edit(json.loads((folder / file).read_text()))
+    (folder / file).unlink()
+    (folder / file).write_text(json.dumps(edited))
+    with pytest.raises(ProviderError, match=match):
+        MLXEmbeddingProvider(_config(folder))
+
+
+def test_count_tokens_and_capabilities(provider: MLXEmbeddingProvider) -> None:
+    assert provider.count_tokens(["", "hello world", "word " * 300]) == [2, 4, 302]
+    assert provider_capabilities(provider) == ProviderCapabilities(
+        max_concurrency=1, reports_usage=True, counts_tokens=True, text_lengths=True
+    )
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -183,7 +225,7 @@ def test_closed(minilm: Path) -> None:
 
 
 def test_through_the_registry(minilm: Path, provider: MLXEmbeddingProvider) -> None:
-    assert get_provider_class("mlx") is MLXEmbeddingProvider
+    assert get_provider_factory("mlx") is MLXEmbeddingProvider
     with EmbeddingManager.from_config(provider="mlx", model=str(minilm)) as manager:
         vector = manager.embed_query("registered through the entry point")
     expected = provider.embed_batch(["registered through the entry point"])[0]

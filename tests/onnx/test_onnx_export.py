@@ -5,16 +5,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from akidb_embed.errors import AkidbEmbedError
+from akidb_embed import EmbeddingConfig
+from akidb_embed.errors import AkidbEmbedError, ProviderError
+from akidb_embed_onnx import OnnxEmbeddingProvider
 from akidb_embed_onnx._cli import register
 from akidb_embed_onnx.export import (
     EXPORT_INFO_FILE,
+    PARITY_TEXTS,
+    ExportDependencyError,
     ExportError,
     export_model,
     read_export_info,
@@ -82,6 +88,28 @@ def test_int8_export_report(minilm_onnx_int8_dir: Path, minilm_onnx_dir: Path) -
     assert (minilm_onnx_int8_dir / "onnx" / "model.onnx").stat().st_size < fp32_size / 2
 
 
+def test_parity_report_is_the_onnx_providers_own(minilm_onnx_int8_dir: Path, st_model: Any) -> None:
+    """The report's figures are the ones the onnx provider, loaded on the folder with its
+    defaults, gives against sentence-transformers (int8 vectors depend on how the provider
+    batches, so a second runner would report other figures)."""
+    import numpy as np
+
+    info = read_export_info(minilm_onnx_int8_dir)
+    assert info is not None
+    reference = st_model.encode(list(PARITY_TEXTS), normalize_embeddings=True)
+    provider = OnnxEmbeddingProvider(
+        EmbeddingConfig(provider="onnx", model=str(minilm_onnx_int8_dir))
+    )
+    try:
+        vectors = provider.embed_batch(PARITY_TEXTS)
+    finally:
+        provider.close()
+    cos = np.sum(reference.astype(np.float64) * vectors, axis=1)
+    assert info["parity"]["min_cosine"] == pytest.approx(float(cos.min()), abs=1e-5)
+    assert info["parity"]["mean_cosine"] == pytest.approx(float(cos.mean()), abs=1e-5)
+    assert info["parity"]["worst_text"] == PARITY_TEXTS[int(cos.argmin())]
+
+
 def test_cli_parser() -> None:
     parser = argparse.ArgumentParser(prog="akidb-embed")
     register(parser.add_subparsers())
@@ -106,6 +134,20 @@ def test_refuses_a_non_empty_destination(tmp_path: Path, minilm_dir: Path) -> No
     with pytest.raises(ExportError, match="not empty"):
         export_model(minilm_dir, out)
     assert (out / "keep.txt").read_text() == "user data"
+
+
+def test_refuses_modules_the_provider_does_not_run(tmp_path: Path, minilm_dir: Path) -> None:
+    source = tmp_path / "dense"
+    shutil.copytree(minilm_dir, source, ignore=shutil.ignore_patterns("*.safetensors"))
+    (source / "model.safetensors").symlink_to(minilm_dir / "model.safetensors")
+    modules = json.loads((source / "modules.json").read_text())
+    modules.insert(
+        2, {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}
+    )
+    (source / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(ProviderError, match="Dense"):
+        export_model(source, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_failed_parity_writes_nothing(tmp_path: Path, minilm_dir: Path) -> None:
@@ -135,8 +177,6 @@ def test_without_torch_fails_with_the_install_command(tmp_path: Path, minilm_dir
 
 
 def test_dependency_error_is_an_import_error() -> None:
-    from akidb_embed_onnx.export import ExportDependencyError
-
     error = ExportDependencyError("PyTorch", "pip install torch==2.13.0")
     assert isinstance(error, ImportError) and isinstance(error, AkidbEmbedError)
 
@@ -156,40 +196,34 @@ def test_outlier_split_and_smoothing_are_exact(minilm_dir: Path, tmp_path: Path)
     import torch
     import transformers
 
-    from akidb_embed.models import load_tokenizer
-    from akidb_embed_onnx import export as ex
+    from akidb_embed_onnx.export import CALIBRATION_TEXTS, DEFAULT_OPSET
+    from akidb_embed_onnx.export._graph import torch_export
+    from akidb_embed_onnx.export._outliers import split_outlier_channels
+    from akidb_embed_onnx.export._reference import TorchModel
+    from akidb_embed_onnx.export._smoothquant import calibrate, smooth
 
-    model = transformers.AutoModel.from_pretrained(
-        str(minilm_dir), attn_implementation="eager", dtype=torch.float32
-    ).eval()
-    tokenizer = load_tokenizer(minilm_dir, 256)
-    wrapper, names = ex._wrap(torch, model)
+    model = TorchModel.load(torch, transformers, minilm_dir, 256, do_lower_case=False)
     texts = ["Thanks!", "A longer sentence about interest rates and the central bank.", ""]
-    ids, mask = ex._encode(tokenizer, texts)
-    inputs = [
-        torch.from_numpy(ids),
-        torch.from_numpy(mask),
-        torch.zeros_like(torch.from_numpy(ids)),
-    ]
+    ids, mask = model.encode(texts)
     with torch.inference_mode():
-        before = wrapper(*inputs[: len(names)]).numpy()
-    split = ex._split_outlier_channels(torch, wrapper, tokenizer, names)
+        before = model.module(*model.inputs(ids, mask)).numpy()
+    split = split_outlier_channels(model, CALIBRATION_TEXTS)
     assert split and all(len(ch) == len(set(ch)) for ch in split.values())
-    layer = model.encoder.layer[0]
+    layer = model.transformer.encoder.layer[0]
     assert type(layer.intermediate).__name__ == "SplitIntermediate"
     with torch.inference_mode():
-        after = wrapper(*inputs[: len(names)]).numpy()
+        after = model.module(*model.inputs(ids, mask)).numpy()
     np.testing.assert_allclose(after, before, rtol=1e-5, atol=2e-5)
 
-    scales, ranking = ex._calibrate(torch, wrapper, tokenizer, names, 0.75)
+    scales, ranking = calibrate(model, CALIBRATION_TEXTS, 0.75)
     assert scales and set(scales) <= set(ranking)
     assert all(".attention.self." in n or ".intermediate." in n for n in scales)
     plain = tmp_path / "plain.onnx"
-    ex._torch_export(torch, wrapper, names, plain, ex.DEFAULT_OPSET)
+    torch_export(model, plain, DEFAULT_OPSET)
     smoothed = tmp_path / "smoothed.onnx"
-    ex._smooth(onnx, plain, smoothed, scales)
+    smooth(onnx, plain, smoothed, scales)
     feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-    feed = {k: v for k, v in feed.items() if k in names}
+    feed = {k: v for k, v in feed.items() if k in model.input_names}
     run = {
         path: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)[0]
         for path in (plain, smoothed)
@@ -197,4 +231,4 @@ def test_outlier_split_and_smoothing_are_exact(minilm_dir: Path, tmp_path: Path)
     np.testing.assert_allclose(run[smoothed], run[plain], atol=2e-4)
     np.testing.assert_allclose(run[plain], before, atol=2e-4)
     muls = [n for n in onnx.load(str(smoothed)).graph.node if n.name.startswith("/akidb/smooth_")]
-    assert len(muls) == 2 * len(model.encoder.layer)
+    assert len(muls) == 2 * len(model.transformer.encoder.layer)

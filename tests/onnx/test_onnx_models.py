@@ -1,4 +1,5 @@
-"""akidb_embed.models: reading sentence-transformers folders, tokenizer, pooling, cores."""
+"""akidb_embed.backend: sentence-transformers folders, tokenizer, token counts, pooling,
+normalisation, cores, and the checks every backend shares."""
 
 from __future__ import annotations
 
@@ -12,15 +13,34 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from akidb_embed.errors import ConfigValueError, ModelNotFoundError
-from akidb_embed.models import (
+import akidb_embed.backend
+from akidb_embed.backend import (
     POOLING_MODES,
+    SentenceTransformerSpec,
+    TokenCounter,
     available_cores,
+    check_max_length,
+    check_modules,
+    check_options,
+    check_token_ids,
+    check_truncation,
     hub_cache_dir,
+    int_option,
     load_tokenizer,
+    normalize_rows,
     parse_model_id,
     pool,
     read_sentence_transformers_config,
+    str_option,
+)
+from akidb_embed.errors import (
+    ConfigTypeError,
+    ConfigValueError,
+    EmbeddingInputError,
+    ModelNotFoundError,
+    ProviderError,
+    TruncationError,
+    UnknownConfigKeyError,
 )
 
 
@@ -187,7 +207,121 @@ def test_available_cores_follows_affinity() -> None:
     # A child pinned to one core must see exactly one.
     code = (
         "import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}); "
-        "from akidb_embed.models import available_cores; print(available_cores())"
+        "from akidb_embed.backend import available_cores; print(available_cores())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "1"
+
+
+def test_normalize_rows_in_place_and_zero_rows_stay_zero() -> None:
+    rows = np.array([[3.0, 4.0], [0.0, 0.0], [-2.0, 0.0]], dtype=np.float32)
+    out = normalize_rows(rows)
+    assert out is rows
+    np.testing.assert_allclose(rows, [[0.6, 0.8], [0.0, 0.0], [-1.0, 0.0]])
+    assert np.isfinite(rows).all()
+    assert normalize_rows(np.zeros((0, 4), np.float32)).shape == (0, 4)
+
+
+def test_token_counter_counts_before_truncation(minilm_dir: Path) -> None:
+    tok = load_tokenizer(minilm_dir, 16)
+    counter = TokenCounter(tok)
+    long = "word " * 40
+    assert counter.count(["hello world", long, ""]) == [4, 42, 2]
+    assert counter.count([long]) == [42]
+    assert counter.count([]) == []
+    assert tok.truncation["max_length"] == 16  # the provider's tokenizer is not changed
+    assert len(tok.encode(long).ids) == 16
+
+
+def test_token_counter_is_thread_safe(minilm_dir: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    counter = TokenCounter(load_tokenizer(minilm_dir, 16))
+    texts = [f"text number {i} " * (i % 30) for i in range(64)]
+    expected = TokenCounter(load_tokenizer(minilm_dir, 16)).count(texts)
+    with ThreadPoolExecutor(8) as pool_:
+        results = list(pool_.map(lambda t: counter.count([t])[0], texts))
+    assert results == expected
+    assert counter._copy is not None  # made once, on first use
+
+
+def test_check_truncation(minilm_dir: Path) -> None:
+    tok = load_tokenizer(minilm_dir, 16)
+    counter = TokenCounter(tok)
+    texts = ["short", "word " * 40, "fine", "word " * 20]
+    encodings = tok.encode_batch(texts)
+    kwargs = {"max_tokens": 16, "counter": counter}
+    assert check_truncation(encodings, texts, truncation="truncate", **kwargs) == 2
+    with pytest.raises(TruncationError) as info:
+        check_truncation(encodings, texts, truncation="error", **kwargs)
+    assert (info.value.index, info.value.tokens, info.value.max_tokens) == (1, 42, 16)
+    short = [texts[0], texts[2]]
+    assert check_truncation(tok.encode_batch(short), short, truncation="error", **kwargs) == 0
+
+
+def test_check_max_length() -> None:
+    assert check_max_length(None, 512) == 512
+    assert check_max_length(None, 512, default=256) == 256
+    assert check_max_length(None, 512, default=8192) == 512
+    assert check_max_length(128, 512, default=256) == 128
+    assert check_max_length(512, 512, default=256) == 512
+    with pytest.raises(ConfigValueError, match="1000 is more than the model's limit of 512") as e:
+        check_max_length(1000, 512, source="env:AKIDB_EMBEDDING_MAX_LENGTH")
+    assert (e.value.key, e.value.source) == ("max_length", "env:AKIDB_EMBEDDING_MAX_LENGTH")
+
+
+def test_option_checks() -> None:
+    assert check_options({"threads": 2}, ("threads", "revision"), "demo") == {"threads": 2}
+    with pytest.raises(UnknownConfigKeyError, match="Did you mean 'threads'"):
+        check_options({"thread": 2}, ("threads", "revision"), "demo")
+    assert int_option({"n": 3}, "n") == 3 and int_option({}, "n") is None
+    assert int_option({"n": 0}, "n", minimum=0) == 0
+    for bad in ("3", True, 1.5):
+        with pytest.raises(ConfigTypeError):
+            int_option({"n": bad}, "n")
+    with pytest.raises(ConfigValueError, match=">= 1"):
+        int_option({"n": 0}, "n")
+    assert str_option({"side": "left"}, "side", choices=("left", "right")) == "left"
+    assert str_option({}, "side") is None
+    for bad in (3, ""):
+        with pytest.raises(ConfigTypeError):
+            str_option({"side": bad}, "side")
+    with pytest.raises(ConfigValueError, match="'left', 'right'"):
+        str_option({"side": "middle"}, "side", choices=("left", "right"))
+
+
+def test_check_modules() -> None:
+    check_modules(SentenceTransformerSpec(modules=("Transformer", "Pooling")), "demo", "m")
+    with pytest.raises(ProviderError, match="Dense"):
+        check_modules(SentenceTransformerSpec(unsupported_modules=("Dense",)), "demo", "m")
+    with pytest.raises(ProviderError, match="include_prompt = false"):
+        check_modules(SentenceTransformerSpec(include_prompt=False), "demo", "m")
+
+
+def test_check_token_ids() -> None:
+    assert check_token_ids([[1, 2], (3,), np.array([4, 5])], vocab_size=6, max_tokens=4) == [
+        [1, 2],
+        [3],
+        [4, 5],
+    ]
+    assert check_token_ids([], vocab_size=6, max_tokens=4) == []
+    for bad in ([[1, 6]], [[-1]], [[]], [["1"]], [[1.0]], [[False]], ["ab"], 3):
+        with pytest.raises(EmbeddingInputError):
+            check_token_ids(bad, vocab_size=6, max_tokens=4)  # type: ignore[arg-type]
+    with pytest.raises(TruncationError) as info:
+        check_token_ids([[1], [1] * 5], vocab_size=6, max_tokens=4)
+    assert (info.value.index, info.value.tokens) == (1, 5)
+
+
+def test_backend_exports_and_imports_nothing_heavy() -> None:
+    for name in akidb_embed.backend.__all__:
+        obj = getattr(akidb_embed.backend, name)
+        if callable(obj):
+            assert obj.__doc__, f"akidb_embed.backend.{name} has no docstring"
+    code = (
+        "import sys, akidb_embed.backend; "
+        "print(','.join(m for m in ('tokenizers', 'huggingface_hub', 'onnxruntime', 'mlx') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

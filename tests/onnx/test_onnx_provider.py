@@ -17,18 +17,22 @@ from akidb_embed import (
     BatchEmbeddingRequest,
     EmbeddingConfig,
     EmbeddingManager,
+    ProviderCapabilities,
     available_providers,
+    provider_capabilities,
 )
+from akidb_embed.backend import available_cores
 from akidb_embed.errors import (
     ConfigTypeError,
     ConfigValueError,
+    EmbeddingInputError,
     ExecutionProviderError,
     ModelNotFoundError,
     ProviderClosedError,
+    ProviderError,
     TruncationError,
     UnknownConfigKeyError,
 )
-from akidb_embed.models import available_cores
 from akidb_embed.testing import ProviderConformance
 from akidb_embed_onnx import OnnxEmbeddingProvider
 
@@ -102,10 +106,47 @@ def test_max_length_matches_sentence_transformers_at_that_length(
     provider.close()
 
 
-def test_max_length_is_capped_at_the_models_limit(minilm_onnx_dir: Path) -> None:
-    provider = _provider(minilm_onnx_dir, max_length=4096)
-    assert provider.info().max_tokens == 256
+def test_max_length_above_the_models_limit_is_an_error(
+    minilm_onnx_dir: Path, st_model: object
+) -> None:
+    # The default is max_seq_length (256); the ceiling is the model's 512 positions, as
+    # sentence-transformers allows (the same rule as the mlx provider).
+    assert _provider(minilm_onnx_dir).info().max_tokens == 256
+    with pytest.raises(ConfigValueError, match="model's limit of 512 tokens") as info:
+        _provider(minilm_onnx_dir, max_length=4096)
+    assert info.value.key == "max_length"
+    provider = _provider(minilm_onnx_dir, max_length=512)  # exactly the limit is fine
+    assert provider.info().max_tokens == 512
+    long_text = "the cat sat on the warm mat by the door " * 40  # 402 tokens
+    vectors, usage = provider.embed_batch_with_usage([long_text])
+    assert usage["truncated"] == 0 and usage["prompt_tokens"] > 256
+    st_model.max_seq_length = 512  # type: ignore[attr-defined]
+    try:
+        expected = st_model.encode([long_text], convert_to_numpy=True)  # type: ignore[attr-defined]
+    finally:
+        st_model.max_seq_length = 256  # type: ignore[attr-defined]
+    assert _cosines(vectors, expected).min() >= 0.9999
     provider.close()
+
+
+@pytest.mark.parametrize("change", ["dense", "no_prompt_pooling"])
+def test_pipelines_it_cannot_run_exactly_are_refused(
+    minilm_onnx_dir: Path, tmp_path: Path, change: str
+) -> None:
+    folder = _linked_copy(minilm_onnx_dir, tmp_path / "changed")
+    if change == "dense":
+        path, dense = folder / "modules.json", "sentence_transformers.models.Dense"
+        modules = json.loads(path.read_text())
+        modules.insert(2, {"idx": 2, "name": "2", "path": "2_Dense", "type": dense})
+        match = "Dense"
+    else:
+        path = folder / "1_Pooling" / "config.json"
+        modules = {**json.loads(path.read_text()), "include_prompt": False}
+        match = "include_prompt = false"
+    path.unlink()
+    path.write_text(json.dumps(modules))
+    with pytest.raises(ProviderError, match=match):
+        _provider(folder)
 
 
 # --- batching, order, usage --------------------------------------------------------------------
@@ -219,6 +260,60 @@ def test_truncation_is_counted(minilm_onnx_dir: Path, texts: list[str]) -> None:
         assert usage == {"prompt_tokens": 9, "truncated": 0}
 
 
+def test_count_tokens_counts_before_truncation(onnx_provider: OnnxEmbeddingProvider) -> None:
+    texts = ["", "hello world", "word " * 300]
+    assert onnx_provider.count_tokens(texts) == [2, 4, 302]
+    assert onnx_provider.count_tokens(texts[2:]) == [302]
+    assert onnx_provider.text_lengths(texts) == [2, 4, 256]  # after truncation
+
+
+def test_declared_capabilities(onnx_provider: OnnxEmbeddingProvider) -> None:
+    assert provider_capabilities(onnx_provider) == ProviderCapabilities(
+        max_concurrency=1,
+        reports_usage=True,
+        counts_tokens=True,
+        text_lengths=True,
+        token_input=True,
+    )
+
+
+def test_token_ids_give_the_texts_vectors(
+    onnx_provider: OnnxEmbeddingProvider, int8_provider: OnnxEmbeddingProvider, texts: list[str]
+) -> None:
+    sample = [*texts[:30], "", "hello world"]
+    for provider in (onnx_provider, int8_provider):
+        ids = [provider._tokenizer.encode(t).ids for t in sample]
+        np.testing.assert_allclose(
+            provider.embed_token_ids(ids), provider.embed_batch(sample), atol=1e-6
+        )
+    ids = onnx_provider._tokenizer.encode("one text").ids
+    np.testing.assert_allclose(
+        onnx_provider.embed_token_ids([np.array(ids)]),
+        onnx_provider.embed_batch(["one text"]),
+        atol=1e-6,
+    )
+    assert onnx_provider.embed_token_ids([]).shape == (0, 384)
+
+
+def test_bad_token_ids_are_refused(onnx_provider: OnnxEmbeddingProvider) -> None:
+    vocab = onnx_provider._tokenizer.get_vocab_size(with_added_tokens=True)
+    for bad, match in [
+        ("101 102", "sequence of sequences"),
+        ([[101, "x", 102]], "must be ints"),
+        ([[101, 1.0, 102]], "must be ints"),
+        ([[101, True, 102]], "must be ints"),
+        ([[101, 102], []], "index 1 are empty"),
+        ([[101, vocab, 102]], f"token id {vocab} at index 0 is outside"),
+        ([[101, -1, 102]], "outside the vocabulary"),
+        ([101, 102], "index 0 must be a sequence"),
+    ]:
+        with pytest.raises(EmbeddingInputError, match=match):
+            onnx_provider.embed_token_ids(bad)  # type: ignore[arg-type]
+    with pytest.raises(TruncationError) as info:
+        onnx_provider.embed_token_ids([[101, 102], [101] + [2773] * 300 + [102]])
+    assert (info.value.index, info.value.tokens, info.value.max_tokens) == (1, 302, 256)
+
+
 def test_truncation_error_names_index_and_token_count(minilm_onnx_dir: Path) -> None:
     provider = _provider(minilm_onnx_dir, truncation="error")
     long_text = "word " * 300  # 300 tokens + [CLS] + [SEP]
@@ -320,6 +415,8 @@ def test_closed_provider_refuses_work(minilm_onnx_dir: Path) -> None:
     provider.close()
     with pytest.raises(ProviderClosedError):
         provider.embed_batch(["too late"])
+    with pytest.raises(ProviderClosedError):
+        provider.embed_token_ids([[101, 102]])
 
 
 def test_registered_through_the_entry_point() -> None:

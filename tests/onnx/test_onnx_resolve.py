@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from akidb_embed import EmbeddingConfig, EmbeddingManager
+from akidb_embed.backend import SENTENCE_TRANSFORMERS_FILES, resolve_model
 from akidb_embed.errors import ConfigValueError, ModelNotFoundError
-from akidb_embed.models import SENTENCE_TRANSFORMERS_FILES, resolve_model
 from akidb_embed_onnx import OnnxEmbeddingProvider
 
 REPO = "acme/minilm-onnx"

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from akidb_embed import EmbeddingManager, available_providers, get_provider_class
+from akidb_embed import EmbeddingManager, available_providers, get_provider_factory
 from akidb_embed.testing import ProviderConformance
 
 
@@ -17,7 +17,7 @@ def test_discovered_by_name() -> None:
     row = available_providers()["ngram"]
     assert row.loadable, row.reason
     assert row.distribution == "akidb-embed-ngram" and row.version == "0.1.0"
-    assert get_provider_class("ngram").__name__ == "NgramProvider"
+    assert get_provider_factory("ngram").__name__ == "NgramProvider"
 
 
 def test_selected_through_environment(monkeypatch) -> None:

@@ -10,14 +10,14 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .._config import EmbeddingConfig
-from .._types import ModelInfo
+from .._types import LEGACY_THREAD_SAFE_CONCURRENCY, ModelInfo, ProviderCapabilities
 from ..errors import (
     ConfigTypeError,
     ConfigValueError,
@@ -302,12 +302,23 @@ class _Supervisor:
         self.started = True
         self.info = info
         self.capabilities = dict(ready.get("capabilities") or {})
-        # The worker serves one request at a time when its target is not thread-safe;
-        # more slots would let requests wait inside it, on their timeout's clock.
-        thread_safe = self.capabilities.get("thread_safe", True) is not False
-        self.slots.set_limit(s.concurrency if thread_safe else 1)
+        # The worker serves one request at a time when its target takes one call at a
+        # time; more slots would let requests wait inside it, on their timeout's clock.
+        self.slots.set_limit(min(s.concurrency, self.target_capabilities().max_concurrency))
         self.worker = worker
         return worker
+
+    def target_capabilities(self) -> ProviderCapabilities:
+        """What the worker said its target can do (older workers: the legacy keys)."""
+        caps = self.capabilities
+        declared = caps.get("declared")
+        if isinstance(declared, dict):
+            return ProviderCapabilities.from_dict(declared)
+        return ProviderCapabilities(
+            max_concurrency=LEGACY_THREAD_SAFE_CONCURRENCY if caps.get("thread_safe", True) else 1,
+            reports_usage=bool(caps.get("usage")),
+            text_lengths=bool(caps.get("lengths")),
+        )
 
     def forget_after_fork(self) -> None:
         self.lock = threading.Lock()
@@ -464,24 +475,43 @@ class PythonBridgeProvider:
         return vectors, dict(usage) if isinstance(usage, dict) else {}
 
     @property
-    def text_lengths(self) -> Callable[[Sequence[str]], list[int]]:
-        """Token counts from the target, when it has ``text_lengths`` (else no attribute)."""
+    def capabilities(self) -> ProviderCapabilities:
+        """The target's capabilities as the worker reported them, with the bridge's own
+        ``max_concurrency`` (its ``concurrency`` option, at most the target's)."""
         if self._supervisor.info is None:
             self._supervisor.get()
-        if not self._supervisor.capabilities.get("lengths"):
-            raise AttributeError(f"target provider {self._settings.target!r} has no text_lengths()")
-        return self._text_lengths
+        target = self._supervisor.target_capabilities()
+        return ProviderCapabilities(
+            max_concurrency=min(self._settings.concurrency, target.max_concurrency),
+            reports_usage=True,
+            counts_tokens=target.counts_tokens,
+            text_lengths=target.text_lengths,
+            max_batch_size=target.max_batch_size,
+        )
 
-    def _text_lengths(self, texts: Sequence[str]) -> list[int]:
-        worker, header, _ = self._request({"op": "lengths", "texts": check_texts(texts)})
-        lengths = header.get("lengths")
-        if not isinstance(lengths, list) or len(lengths) != len(texts):
+    def text_lengths(self, texts: Sequence[str]) -> list[int]:
+        """Token counts after truncation, from the target (``capabilities.text_lengths``)."""
+        return self._int_list("lengths", texts)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Token counts before truncation, from the target (``capabilities.counts_tokens``)."""
+        return self._int_list("count", texts)
+
+    def _int_list(self, op: str, texts: Sequence[str]) -> list[int]:
+        key = {"lengths": "lengths", "count": "counts"}[op]
+        worker, header, _ = self._request({"op": op, "texts": check_texts(texts)})
+        values = header.get(key)
+        if (
+            not isinstance(values, list)
+            or len(values) != len(texts)
+            or not all(isinstance(n, int) and not isinstance(n, bool) for n in values)
+        ):
             worker.kill(None)
             raise WorkerProtocolError(
-                PROVIDER, f"the worker sent an invalid text_lengths answer: {lengths!r:.200}"
+                PROVIDER, f"the worker sent an invalid {op!r} answer: {values!r:.200}"
             )
         self._supervisor.failures = 0
-        return lengths
+        return values
 
     def ping(self) -> float:
         """Round-trip time of an empty request to the worker, in seconds."""

@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from .._types import provider_capabilities
 from . import _protocol as proto
 
 __all__ = ["LOG_PREFIX", "error_to_dict", "main"]
@@ -99,8 +100,7 @@ class _Server:
         self.write_lock = threading.Lock()
         self.stopping = False
         self.exit_code = 0
-        self.with_usage = callable(getattr(provider, "embed_batch_with_usage", None))
-        self.text_lengths = getattr(provider, "text_lengths", None)
+        self.capabilities = provider_capabilities(provider)
 
     def run(self) -> int:
         threads = [
@@ -154,14 +154,20 @@ class _Server:
         if op == "embed":
             return self._embed(texts)
         if op == "lengths":
-            if self.text_lengths is None:
+            if not self.capabilities.text_lengths:
                 raise TypeError("the target provider has no text_lengths()")
-            return {"ok": True, "lengths": [int(n) for n in self.text_lengths(texts)]}, None
+            lengths = self.provider.text_lengths(texts)
+            return {"ok": True, "lengths": [int(n) for n in lengths]}, None
+        if op == "count":
+            if not self.capabilities.counts_tokens:
+                raise TypeError("the target provider has no count_tokens()")
+            counts = self.provider.count_tokens(texts)
+            return {"ok": True, "counts": [int(n) for n in counts]}, None
         raise ValueError(f"unknown request op {op!r}")
 
     def _embed(self, texts: Sequence[str]) -> tuple[dict[str, Any], np.ndarray]:
         usage: Any = {}
-        if self.with_usage:
+        if self.capabilities.reports_usage:
             result, usage = self.provider.embed_batch_with_usage(texts)
         else:
             result = self.provider.embed_batch(texts)
@@ -276,14 +282,17 @@ def _serve(reader: BinaryIO, writer: BinaryIO) -> int:
 def _ready(provider: Any) -> dict[str, Any]:
     from .. import __version__
 
+    caps = provider_capabilities(provider)
     return {
         "op": "ready",
         "id": 0,
         "info": provider.info().to_dict(),
+        # The older keys stay for hosts that predate "declared".
         "capabilities": {
-            "usage": callable(getattr(provider, "embed_batch_with_usage", None)),
-            "lengths": callable(getattr(provider, "text_lengths", None)),
-            "thread_safe": bool(getattr(provider, "thread_safe", True)),
+            "usage": caps.reports_usage,
+            "lengths": caps.text_lengths,
+            "thread_safe": caps.max_concurrency > 1,
+            "declared": caps.to_dict(),
         },
         "pid": os.getpid(),
         "executable": sys.executable,
@@ -304,7 +313,9 @@ def _build(hello: dict[str, Any]) -> tuple[Any, int]:
     values = {k: v for k, v in dict(hello.get("config", {})).items() if k in fields}
     config = EmbeddingConfig(**values)
     provider = create_provider(config)
-    concurrency = int(hello.get("concurrency", 1))
-    if not getattr(provider, "thread_safe", True):
-        concurrency = 1
+    # More serving threads than the target takes calls at once would only queue
+    # requests inside the worker, on their timeout's clock.
+    concurrency = min(
+        int(hello.get("concurrency", 1)), provider_capabilities(provider).max_concurrency
+    )
     return provider, max(1, concurrency)

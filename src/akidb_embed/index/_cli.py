@@ -1,6 +1,7 @@
 """``akidb-embed index build`` and ``akidb-embed search``.
 
-Registered by ``akidb_embed.cli`` through :func:`register`; importing this module is cheap.
+Entry points ``index`` and ``search`` of group ``akidb_embed.commands`` name
+:func:`register_index` and :func:`register_search`; importing this module is cheap.
 """
 
 from __future__ import annotations
@@ -18,11 +19,17 @@ from ..errors import IndexInputError
 if TYPE_CHECKING:
     from .._config import EmbeddingConfig
 
-__all__ = ["read_corpus", "register", "search_config"]
+__all__ = ["read_corpus", "register", "register_index", "register_search", "search_config"]
 
 
 def register(subparsers: Any) -> None:
     """Add the ``index`` (with ``build``) and ``search`` subcommands."""
+    register_index(subparsers)
+    register_search(subparsers)
+
+
+def register_index(subparsers: Any) -> None:
+    """Add the ``index`` command (with its ``build`` subcommand)."""
     from ..cli import _config_arguments
 
     index = subparsers.add_parser("index", help="build vector indexes of texts")
@@ -50,6 +57,11 @@ def register(subparsers: Any) -> None:
     build.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     _config_arguments(build)
     build.set_defaults(func=_cmd_build)
+
+
+def register_search(subparsers: Any) -> None:
+    """Add the ``search`` command."""
+    from ..cli import _config_arguments
 
     search = subparsers.add_parser(
         "search",

@@ -10,7 +10,9 @@ import pytest
 
 from .._config import EmbeddingConfig
 from .._manager import EmbeddingManager
-from .._types import EmbeddingProvider, ModelInfo
+from .._pipeline import EmbeddingRequest
+from .._types import EmbeddingProvider, ModelInfo, ProviderCapabilities, provider_capabilities
+from ..errors import EmbeddingInputError, TruncationError
 
 __all__ = ["ProviderConformance", "conformance_texts"]
 
@@ -187,3 +189,53 @@ class ProviderConformance:
         provider.embed_batch(["before close"])
         provider.close()
         provider.close()
+
+    def test_declared_capabilities(self, provider: EmbeddingProvider) -> None:
+        caps = provider_capabilities(provider)  # raises if a declared method is missing
+        assert isinstance(caps, ProviderCapabilities)
+        assert caps.max_concurrency >= 1
+        texts = ["one", "two words here", ""]
+        info = provider.info()
+        long_text = " ".join(f"word{i % 97}" for i in range((info.max_tokens or 64) * 3))
+        if caps.counts_tokens:
+            counts = provider.count_tokens([*texts, long_text])  # type: ignore[attr-defined]
+            assert len(counts) == 4
+            assert all(isinstance(n, int) and n >= 0 for n in counts)
+            assert counts[1] > counts[0]
+            if info.max_tokens is not None:
+                assert counts[3] > info.max_tokens, "count_tokens must count before truncation"
+        if caps.text_lengths:
+            lengths = provider.text_lengths([*texts, long_text])  # type: ignore[attr-defined]
+            assert len(lengths) == 4 and all(isinstance(n, int) for n in lengths)
+            if info.max_tokens is not None:
+                assert lengths[3] <= info.max_tokens
+        if caps.reports_usage:
+            vectors, usage = provider.embed_batch_with_usage(texts)  # type: ignore[attr-defined]
+            assert vectors.shape == (3, info.dimension)
+            assert all(isinstance(v, int) for v in dict(usage).values())
+
+    def test_embed_many_isolates_requests(self, manager: EmbeddingManager) -> None:
+        good_a = ["a cat sleeps on the sofa", "interest rates rose in March", "short"]
+        good_b = ["short", "the third request", ""]
+        requests = [
+            EmbeddingRequest(good_a),
+            EmbeddingRequest(["fine", 42]),  # type: ignore[list-item]
+            EmbeddingRequest(good_b, normalize=False),
+        ]
+        limit = manager.info.max_tokens
+        strict = manager.capabilities.counts_tokens and limit is not None
+        if strict:
+            long_text = " ".join(f"word{i % 97}" for i in range((limit or 0) * 3))
+            requests.append(EmbeddingRequest(["ok", long_text], truncation="error"))
+        results = manager.embed_many(requests)
+        assert len(results) == len(requests)
+        assert isinstance(results[1], EmbeddingInputError)
+        assert "texts[1]" in str(results[1])
+        if strict:
+            assert isinstance(results[3], TruncationError)
+            assert results[3].index == 1, "the index must count within its own request"
+        for result, texts, normalize in ((results[0], good_a, True), (results[2], good_b, False)):
+            assert not isinstance(result, Exception), result
+            alone = manager.embed(texts, normalize=normalize)
+            np.testing.assert_allclose(result.embeddings, alone, rtol=0, atol=self.batch_atol)
+            assert result.usage["texts"] == len(texts)
