@@ -27,13 +27,25 @@ from akidb_embed.errors import AkidbEmbedError, InvalidRequestError, TruncationE
 
 from .errors import BatcherClosedError, QueueFullError, RequestTimeoutError
 
-__all__ = ["CHARS_PER_TOKEN", "BatchEvent", "Batcher", "BatcherStats"]
+__all__ = ["CHARS_PER_TOKEN", "BatchEvent", "Batcher", "BatcherStats", "RequestTiming"]
 
 _log = logging.getLogger("akidb_embed.server")
 
 #: Characters per token assumed when the provider does not count tokens: English text
 #: under WordPiece/BPE tokenizers averages about four; two special tokens are added.
 CHARS_PER_TOKEN = 4
+
+
+@dataclass
+class RequestTiming:
+    """Where one request's time went, filled in by :meth:`Batcher.embed` (seconds).
+
+    ``queue``: from acceptance until its first batch left; ``inference``: the summed
+    time of the batches that computed its pieces.
+    """
+
+    queue: float = 0.0
+    inference: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -85,6 +97,8 @@ class _Pending:
     pieces: list[_Piece] = field(default_factory=list)
     results: dict[int, BatchEmbeddingResponse] = field(default_factory=dict)
     queued: int = 0  # its texts still counted in the queue
+    timing: RequestTiming | None = None
+    started: bool = False
 
     @property
     def done(self) -> bool:
@@ -163,7 +177,11 @@ class Batcher:
     # -- public API -------------------------------------------------------------------
 
     async def embed(
-        self, request: EmbeddingRequest, *, timeout: float | None = None
+        self,
+        request: EmbeddingRequest,
+        *,
+        timeout: float | None = None,
+        timing: RequestTiming | None = None,
     ) -> BatchEmbeddingResponse:
         """Embed *request* in shared batches; return what ``manager.embed_many`` would.
 
@@ -171,9 +189,11 @@ class Batcher:
         *request*), :class:`QueueFullError` at once when the queue is full,
         :class:`RequestTimeoutError` after *timeout* seconds (its queued texts are
         dropped, never computed), :class:`BatcherClosedError` once closing. Cancelling
-        the awaiting task drops its queued texts too.
+        the awaiting task drops its queued texts too. A *timing* given is filled in with
+        the request's queue and inference seconds.
         """
         pending = self._accept(request)
+        pending.timing = timing
         try:
             if timeout is None:
                 return await self._serve(pending)
@@ -398,6 +418,12 @@ class Batcher:
         failed = 0
         for piece, outcome in zip(batch, outcomes, strict=True):
             failed += isinstance(outcome, BaseException)
+            owner = piece.owner
+            if owner.timing is not None:
+                if not owner.started:
+                    owner.timing.queue = left - owner.accepted
+                owner.timing.inference += seconds
+            owner.started = True
             self._deliver(piece, outcome)
         longest = max(p.longest for p in batch)
         event = BatchEvent(

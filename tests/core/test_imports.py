@@ -17,6 +17,9 @@ HEAVY = (
     "transformers",
     "hnswlib",
     "sentence_transformers",
+    "fastapi",
+    "uvicorn",
+    "starlette",
 )
 OURS_LAZY = (
     "akidb_embed_onnx",
