@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._batcher import Batcher, BatcherStats, BatchEvent, RequestTiming
+from ._settings import ServerSettings
 from ._version import __version__
 from .errors import BatcherClosedError, QueueFullError, RequestTimeoutError
 
@@ -26,6 +27,7 @@ __all__ = [
     "QueueFullError",
     "RequestTimeoutError",
     "RequestTiming",
+    "ServerSettings",
     "__version__",
     "create_app",
 ]

@@ -38,6 +38,7 @@ from akidb_embed.errors import (
 )
 
 from ._batcher import Batcher, RequestTiming
+from ._settings import ServerSettings
 from ._version import __version__
 from .errors import BatcherClosedError, QueueFullError, RequestTimeoutError
 
@@ -180,26 +181,35 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 
 @dataclass
 class ServerState:
-    """What the routes share: the manager, its batcher, readiness."""
+    """What the routes share: the manager, its batcher, the settings, readiness."""
 
     manager: EmbeddingManager
-    served_model: str
-    batcher_options: dict[str, Any]
-    request_timeout_s: float | None
-    drain_timeout_s: float
+    settings: ServerSettings
     batcher: Batcher | None = None
     ready: bool = False
     draining: bool = False
 
+    @property
+    def served_model(self) -> str:
+        return self.settings.served_model_name or self.manager.info.model
+
+    @property
+    def request_timeout_s(self) -> float | None:
+        return self.settings.request_timeout_s
+
     def limits(self) -> dict[str, Any]:
-        options = dict(self.batcher_options)
+        s = self.settings
+        options = s.batcher_options()
         if options.get("max_batch_size") is None:
             options["max_batch_size"] = self.manager.config.batch_size
         return {
             **options,
             "max_concurrency": self.manager.capabilities.max_concurrency,
-            "request_timeout_s": self.request_timeout_s,
-            "drain_timeout_s": self.drain_timeout_s,
+            "max_client_batch_size": s.max_client_batch_size,
+            "max_input_chars": s.max_input_chars,
+            "max_body_bytes": s.max_body_bytes,
+            "request_timeout_s": s.request_timeout_s,
+            "drain_timeout_s": s.drain_timeout_s,
             "max_input_tokens": self.manager.info.max_tokens,
         }
 
@@ -257,14 +267,8 @@ def _check_dimensions(dimensions: int | None, full: int) -> None:
 
 def create_app(
     manager: EmbeddingManager,
-    *,
-    max_batch_tokens: int = 16384,
-    max_batch_size: int | None = None,
-    max_wait_ms: float = 2.0,
-    max_queue_texts: int = 4096,
-    request_timeout_s: float | None = 30.0,
-    drain_timeout_s: float = 30.0,
-    served_model_name: str | None = None,
+    settings: ServerSettings | None = None,
+    **changes: Any,
 ) -> FastAPI:
     """The FastAPI app serving *manager*.
 
@@ -272,33 +276,25 @@ def create_app(
     ----------
     manager:
         The open manager to serve; the app does not close it.
-    max_batch_tokens, max_batch_size, max_wait_ms, max_queue_texts:
-        The :class:`Batcher`'s options; it starts with the app (lifespan startup, after
-        which a probe text is embedded and ``/ready`` answers 200) and drains on
-        shutdown for up to *drain_timeout_s* seconds.
-    request_timeout_s:
-        Per-request deadline (HTTP 504 past it); ``None`` waits forever.
-    served_model_name:
-        The name clients use in ``model``; defaults to the manager's model id.
+    settings:
+        The server's :class:`ServerSettings` (defaults when omitted).
+    **changes:
+        Settings to change from *settings*, by name (``max_wait_ms=0.5``).
+
+    The :class:`Batcher` starts with the app (lifespan startup, after which a probe text
+    is embedded and ``/ready`` answers 200) and drains on shutdown for up to
+    ``drain_timeout_s`` seconds.
     """
-    state = ServerState(
-        manager=manager,
-        served_model=served_model_name or manager.info.model,
-        batcher_options={
-            "max_batch_tokens": max_batch_tokens,
-            "max_batch_size": max_batch_size,
-            "max_wait_ms": max_wait_ms,
-            "max_queue_texts": max_queue_texts,
-        },
-        request_timeout_s=request_timeout_s,
-        drain_timeout_s=drain_timeout_s,
-    )
+    settings = (settings or ServerSettings()).replace(**changes)
+    state = ServerState(manager=manager, settings=settings)
+    request_timeout_s = settings.request_timeout_s
+    drain_timeout_s = settings.drain_timeout_s
     # Validate the options now, not at the first request.
-    Batcher(manager, **state.batcher_options)
+    Batcher(manager, **settings.batcher_options())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state.batcher = Batcher(manager, **state.batcher_options)
+        state.batcher = Batcher(manager, **settings.batcher_options())
         try:
             await state.batcher.embed(EmbeddingRequest([PROBE_TEXT]), timeout=request_timeout_s)
             state.ready = True

@@ -68,12 +68,14 @@ def _run(args: argparse.Namespace) -> int:
     from akidb_embed import EmbeddingConfig, EmbeddingManager
 
     from ._app import create_app
+    from ._settings import ServerSettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     config = EmbeddingConfig.load(args.config, **_overrides(args))
     with EmbeddingManager.from_config(config) as manager:
-        app = create_app(
-            manager,
+        settings = ServerSettings(
+            host=args.host,
+            port=args.port,
             max_batch_tokens=args.max_batch_tokens,
             max_batch_size=args.max_batch_size,
             max_wait_ms=args.max_wait_ms,
@@ -82,6 +84,7 @@ def _run(args: argparse.Namespace) -> int:
             drain_timeout_s=args.drain_timeout_s,
             served_model_name=args.served_model_name,
         )
+        app = create_app(manager, settings)
         state = app.state.server
         info = manager.info
         _log.info(
