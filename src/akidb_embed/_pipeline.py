@@ -15,9 +15,20 @@ import numpy as np
 
 from .errors import AkidbEmbedError, EmbeddingInputError, InvalidRequestError, ProviderOutputError
 
-__all__ = ["EmbeddingRequest", "Job", "check_output", "progress_bar", "validate_texts"]
+__all__ = [
+    "EmbeddingRequest",
+    "Job",
+    "Key",
+    "check_output",
+    "progress_bar",
+    "validate_texts",
+    "validate_token_ids",
+]
 
 TRUNCATION_MODES = ("truncate", "error")
+
+#: What the pipeline embeds and caches: a text, or one text's token ids.
+Key = str | tuple[int, ...]
 
 
 def validate_texts(texts: object) -> list[str]:
@@ -52,9 +63,59 @@ def validate_texts(texts: object) -> list[str]:
     return out
 
 
+def _id_row(index: int, row: object) -> tuple[int, ...]:
+    if isinstance(row, np.ndarray):
+        if row.ndim != 1 or not np.issubdtype(row.dtype, np.integer):
+            raise EmbeddingInputError(
+                f"token_ids[{index}] must be a 1-d array of ints, got {row.ndim}-d {row.dtype}"
+            )
+        row = row.tolist()
+    if isinstance(row, (str, bytes)) or not isinstance(row, Sequence):
+        raise EmbeddingInputError(
+            f"token_ids[{index}] must be a sequence of ints, got {type(row).__name__}"
+        )
+    if not row:
+        raise EmbeddingInputError(f"token_ids[{index}] is empty: a text has at least one token")
+    # JSON and tokenizers give plain ints: check those in one pass, others one by one.
+    if not all(type(v) is int for v in row):
+        for v in row:
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+                raise EmbeddingInputError(
+                    f"token_ids[{index}] must hold ints, got {type(v).__name__} ({v!r:.40})"
+                )
+    out = tuple(int(v) for v in row)
+    low = min(out)
+    if low < 0:
+        raise EmbeddingInputError(f"token_ids[{index}] holds a negative token id ({low})")
+    return out
+
+
+def validate_token_ids(ids: object) -> tuple[tuple[int, ...], ...]:
+    """Return *ids* (one sequence of token ids per text) as tuples of ints, or raise
+    :class:`EmbeddingInputError` naming the first bad row.
+
+    A 2-d integer numpy array counts as one row per text. Whether an id is in the
+    model's vocabulary only the provider knows; it checks that.
+    """
+    if isinstance(ids, np.ndarray):
+        if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+            raise EmbeddingInputError(
+                f"token_ids must be a 2-d array of ints, got {ids.ndim}-d {ids.dtype}"
+            )
+        ids = ids.tolist()
+    if ids is None or isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
+        raise EmbeddingInputError(
+            "token_ids must be a sequence of sequences of ints (one per text), "
+            f"got {type(ids).__name__}"
+        )
+    return tuple(_id_row(i, row) for i, row in enumerate(ids))
+
+
 @dataclass(frozen=True)
 class EmbeddingRequest:
     """One independent request for :meth:`EmbeddingManager.embed_many`.
+
+    Give either *texts* or *token_ids*.
 
     Parameters
     ----------
@@ -72,15 +133,37 @@ class EmbeddingRequest:
     model:
         The model the caller expects; a mismatch fails the request with
         :class:`~akidb_embed.errors.ModelMismatchError`. ``None`` accepts any.
+    token_ids:
+        Instead of *texts*: one list of token ids per text, special tokens included (as
+        the model's tokenizer gives them), embedded as given, with no prompt. Each
+        counts ``len(ids)`` tokens; over the model's limit, ``"truncate"`` keeps the
+        first ``max_tokens`` ids and ``"error"`` fails the request. Needs a provider with
+        ``capabilities.token_input``; others fail the request with
+        :class:`~akidb_embed.errors.InvalidRequestError`. Checked here (ints, none
+        negative, no empty list; :class:`~akidb_embed.errors.EmbeddingInputError`
+        otherwise) and stored as tuples; the provider checks the vocabulary.
     """
 
-    texts: Sequence[str]
+    texts: Sequence[str] = ()
     normalize: bool | None = None
     prompt_name: str | None = None
     truncation: str | None = None
     model: str | None = None
+    token_ids: Sequence[Sequence[int]] | None = None
 
     def __post_init__(self) -> None:
+        if self.token_ids is not None:
+            if self.texts is not None and (
+                not isinstance(self.texts, Sequence) or len(self.texts) > 0
+            ):
+                raise InvalidRequestError("give texts or token_ids, not both")
+            if self.prompt_name:
+                raise InvalidRequestError(
+                    "token ids are embedded as given: a prompt cannot be prepended to them "
+                    f"(prompt_name={self.prompt_name!r}); tokenize the prompt with the text"
+                )
+            # Frozen: validated once, so the batcher and the manager can rely on len(ids).
+            object.__setattr__(self, "token_ids", validate_token_ids(self.token_ids))
         if self.truncation is not None and self.truncation not in TRUNCATION_MODES:
             raise InvalidRequestError(
                 f"truncation must be one of {', '.join(map(repr, TRUNCATION_MODES))} or None, "
@@ -95,12 +178,16 @@ class Job:
     """A request on its way through the pipeline (internal)."""
 
     index: int
-    items: list[str] = field(default_factory=list)
+    items: list[Key] = field(default_factory=list)
     normalize: bool = True
     truncation: str = "truncate"
     out: np.ndarray | None = None
     tokens: list[int | None] = field(default_factory=list)
-    pending: dict[str, list[int]] = field(default_factory=dict)
+    pending: dict[Key, list[int]] = field(default_factory=dict)
+    # Token-id requests: items are id tuples (cut to the limit when truncating), and
+    # lengths the ids each row came with, which are its token counts.
+    token_input: bool = False
+    lengths: list[int] = field(default_factory=list)
     cache_hits: int = 0
     prompt_tokens: int = 0
     truncated: int = 0

@@ -55,6 +55,8 @@ ProviderFactory = Callable[["EmbeddingConfig"], "EmbeddingProvider"]
 _INSTALL_HINTS: dict[str, str] = {
     "onnx": "pip install 'akidb-embed[onnx]'",
     "mlx": 'pip install "akidb-embed[mlx]"',
+    # Built in, but its HTTP client is an extra.
+    "remote": "pip install 'akidb-embed[remote]'",
 }
 
 _registered: dict[str, ProviderFactory] = {}

@@ -6,6 +6,13 @@ entry point group ``akidb_embed.commands`` (the core's ``index`` and ``search``,
 backends' ``export`` and ``mlx-quantize``, any third party's): ``name =
 "module:register"``, where ``register(subparsers)`` adds the command named *name*. A
 command's module is imported only when that command runs, or for ``--help``.
+
+``akidb-embed config`` shows the ``[embedding]`` configuration and, after it, the
+sections of other distributions (the server's ``[server]``), from the entry point group
+``akidb_embed.config_sections``: ``name = "module:describe"``, where
+``describe(config_path)`` returns ``{key: (json_value, source)}`` for section *name*
+(*config_path* is ``--config``, or None). Entry points are read only when a section other
+than ``embedding`` is shown (``--section embedding`` reads none).
 """
 
 from __future__ import annotations
@@ -25,9 +32,10 @@ from .errors import AkidbEmbedError, ConfigError, EmbeddingInputError
 if TYPE_CHECKING:
     from importlib.metadata import EntryPoint
 
-__all__ = ["COMMAND_GROUP", "main"]
+__all__ = ["COMMAND_GROUP", "CONFIG_SECTION_GROUP", "main"]
 
 COMMAND_GROUP = "akidb_embed.commands"
+CONFIG_SECTION_GROUP = "akidb_embed.config_sections"
 
 _BUILTIN_COMMANDS = ("providers", "config", "embed")
 
@@ -122,18 +130,72 @@ def _cmd_providers(args: argparse.Namespace) -> int:
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    config = _load_config(args)
-    values = config.to_dict()
-    sources = config.sources()
+    wanted = set(args.section) if args.section else None
+    rows: dict[str, tuple[Any, str]] = {}
+    if wanted is None or "embedding" in wanted:
+        config = _load_config(args)
+        sources = config.sources()
+        rows = {key: (value, sources[key]) for key, value in config.to_dict().items()}
+    sections, failed = _config_sections(args, wanted)
     if args.json:
-        print(
-            json.dumps({k: {"value": v, "source": sources[k]} for k, v in values.items()}, indent=2)
-        )
-        return 0
-    table = [("KEY", "VALUE", "SOURCE")]
-    table += [(key, json.dumps(value), sources[key]) for key, value in values.items()]
-    _print_table(table)
-    return 0
+        # [embedding] keys stay at the top level (the format predates sections); other
+        # sections nest under their name.
+        doc: dict[str, Any] = {k: {"value": v, "source": s} for k, (v, s) in rows.items()}
+        for name, section in sections.items():
+            doc[name] = {k: {"value": v, "source": s} for k, (v, s) in section.items()}
+        print(json.dumps(doc, indent=2))
+    else:
+        table = [("KEY", "VALUE", "SOURCE")]
+        table += [(key, json.dumps(value), source) for key, (value, source) in rows.items()]
+        for name, section in sections.items():
+            table += [(f"{name}.{k}", json.dumps(v), s) for k, (v, s) in section.items()]
+        _print_table(table)
+    return 1 if failed else 0
+
+
+def _config_sections(
+    args: argparse.Namespace, wanted: set[str] | None
+) -> tuple[dict[str, dict[str, tuple[Any, str]]], bool]:
+    """The sections of group ``akidb_embed.config_sections`` that *wanted* asks for (all
+    when None), and whether one of them failed to load (reported on standard error)."""
+    if wanted is not None and wanted <= {"embedding"}:
+        return {}, False
+    from ._registry import _ep_label, _read_group
+
+    found = {n: eps for n, eps in _read_group(CONFIG_SECTION_GROUP).items() if n != "embedding"}
+    unknown = sorted((wanted or set()) - {"embedding", *found})
+    if unknown:
+        known = ", ".join(["embedding", *sorted(found)])
+        raise UsageError(f"unknown config section {unknown[0]!r}; known sections: {known}")
+    sections: dict[str, dict[str, tuple[Any, str]]] = {}
+    failed = False
+    for name in sorted(found):
+        if wanted is not None and name not in wanted:
+            continue
+        eps = found[name]
+        if len(eps) > 1:
+            print(
+                f"warning: config section {name!r} is claimed by both {_ep_label(eps[0])} "
+                f"and {_ep_label(eps[1])}; uninstall one of them",
+                file=sys.stderr,
+            )
+            failed = True
+            continue
+        try:
+            describe = eps[0].load()
+            section = dict(describe(getattr(args, "config", None)))
+        # An invalid configuration is the answer the user asked for: report it as such.
+        except ConfigError:
+            raise
+        except Exception as exc:  # a broken plugin must not hide the other sections
+            print(
+                f"warning: config section {name!r} ({_ep_label(eps[0])}) failed: {exc!r}",
+                file=sys.stderr,
+            )
+            failed = True
+            continue
+        sections[name] = section
+    return sections, failed
 
 
 # --- embed --------------------------------------------------------------------------------
@@ -251,6 +313,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "config", help="show the resolved configuration and where each value came from"
     )
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--section",
+        action="append",
+        metavar="NAME",
+        help="show only this section (repeatable): embedding, or an installed one (server)",
+    )
     _config_arguments(p)
     p.set_defaults(func=_cmd_config)
 

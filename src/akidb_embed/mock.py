@@ -5,6 +5,10 @@ its BLAKE2b digest, so vectors are identical across processes, machines and Pyth
 versions (no built-in ``hash()``). A text's vector is the normalised sum of its word
 directions plus a small share of word bigrams, so texts that share words are closer
 than texts that do not, which makes search pipelines testable.
+
+It takes token ids too (``capabilities.token_input``): token id ``n`` is the word
+``str(n)``, so ``embed_token_ids([[101, 7592, 102]])`` equals
+``embed_batch(["101 7592 102"])``.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -60,7 +65,8 @@ class MockEmbeddingProvider:
     ----------
     config:
         When built through the registry, the resolved config; ``options`` may set
-        ``dimension``, ``latency``, ``seed``, ``max_tokens``.
+        ``dimension``, ``latency``, ``seed``, ``max_tokens``, ``max_concurrency``,
+        ``token_input``, ``vocab_size``, ``load_delay``.
     dimension:
         Vector length (default 384, like all-MiniLM-L6-v2).
     latency:
@@ -80,11 +86,21 @@ class MockEmbeddingProvider:
         ``truncation = "error"``.
     max_concurrency:
         The ``max_concurrency`` it declares in :attr:`capabilities` (default 4).
+    token_input:
+        Whether it declares ``token_input`` (default true): ``False`` makes a provider
+        that takes text only, to test how callers refuse token ids.
+    vocab_size:
+        Token ids :meth:`embed_token_ids` takes are ``0`` to ``vocab_size - 1``
+        (default 30522, all-MiniLM-L6-v2's).
+    load_delay:
+        Seconds to sleep while being built, like a real model loading (to test readiness).
 
     Attributes
     ----------
     calls:
         Every batch it was asked to embed, in order (a list of lists).
+    token_calls:
+        Every batch of token ids it was asked to embed, in order.
     """
 
     requires: tuple[str, ...] = ()
@@ -103,6 +119,9 @@ class MockEmbeddingProvider:
         max_tokens: int | None = 512,
         model: str = "mock",
         max_concurrency: int = 4,
+        token_input: bool = True,
+        vocab_size: int = 30522,
+        load_delay: float = 0.0,
     ) -> None:
         options: dict[str, Any] = {}
         if isinstance(config, bool):
@@ -126,15 +145,26 @@ class MockEmbeddingProvider:
         self.fail_on = fail_on
         self.failure = failure if failure is not None else MockProviderFailure
         self.model = model
+        token_input = options.get("token_input", token_input)
+        if not isinstance(token_input, bool):
+            raise TypeError(f"token_input must be a bool, got {token_input!r}")
+        self.vocab_size = int(options.get("vocab_size", vocab_size))
+        if self.vocab_size < 1:
+            raise ValueError(f"vocab_size must be >= 1, got {self.vocab_size}")
         self.capabilities = ProviderCapabilities(
             max_concurrency=int(options.get("max_concurrency", max_concurrency)),
             reports_usage=True,
             counts_tokens=True,
+            token_input=token_input,
         )
         self.calls: list[list[str]] = []
+        self.token_calls: list[list[list[int]]] = []
         self.truncated = 0
         self.closed = False
         self._lock = threading.Lock()
+        load_delay = float(options.get("load_delay", load_delay))
+        if load_delay > 0:
+            time.sleep(load_delay)
 
     # -- recording -----------------------------------------------------------------------
 
@@ -153,6 +183,7 @@ class MockEmbeddingProvider:
         """Forget recorded calls."""
         with self._lock:
             self.calls.clear()
+            self.token_calls.clear()
             self.truncated = 0
 
     # -- provider contract ---------------------------------------------------------------
@@ -179,7 +210,7 @@ class MockEmbeddingProvider:
             if self.closed:
                 raise RuntimeError("MockEmbeddingProvider is closed")
             self.calls.append(texts)
-            n_call = len(self.calls)
+            n_call = len(self.calls) + len(self.token_calls)
         if self.latency:
             time.sleep(self.latency)
         self._maybe_fail(texts, n_call)
@@ -196,6 +227,34 @@ class MockEmbeddingProvider:
             with self._lock:
                 self.truncated += truncated
         return out, {"prompt_tokens": tokens, "truncated": truncated}
+
+    def embed_token_ids(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """Embed texts given as token ids: id ``n`` is the word ``str(n)``.
+
+        Raises
+        ------
+        EmbeddingInputError
+            Not lists of ints, an empty list, or an id outside ``range(vocab_size)``.
+        TruncationError
+            A list is longer than ``max_tokens`` (token ids are never cut).
+        """
+        from .backend._checks import check_token_ids  # the check every backend applies
+
+        limit = sys.maxsize if self.max_tokens is None else int(self.max_tokens)
+        rows = check_token_ids(ids, vocab_size=self.vocab_size, max_tokens=limit)
+        with self._lock:
+            if self.closed:
+                raise RuntimeError("MockEmbeddingProvider is closed")
+            self.token_calls.append(rows)
+            n_call = len(self.calls) + len(self.token_calls)
+        if self.latency:
+            time.sleep(self.latency)
+        words = [[str(i) for i in row] for row in rows]
+        self._maybe_fail([" ".join(w) for w in words], n_call)
+        out = np.empty((len(rows), self.dimension), dtype=np.float32)
+        for i, row_words in enumerate(words):
+            out[i] = self._vector(row_words)
+        return out
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Words of each text before truncation (the mock's "tokens")."""

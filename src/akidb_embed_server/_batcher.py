@@ -5,6 +5,10 @@ one FIFO queue, one scheduler task that cuts a batch whenever the provider has a
 slot, filled in order while the padded token total stays within a budget. Unlike TEI,
 each request keeps its own options and errors (``EmbeddingManager.embed_many``), and a
 request has a deadline after which its queued texts are dropped.
+
+Requests of token ids (``EmbeddingRequest(token_ids=...)``) queue and batch like texts,
+each text's ids counting ``len(ids)`` tokens; a batch may hold both kinds, and the
+manager embeds each kind in provider calls of its own.
 """
 
 from __future__ import annotations
@@ -23,7 +27,12 @@ from typing import Any
 import numpy as np
 
 from akidb_embed import BatchEmbeddingResponse, EmbeddingManager, EmbeddingRequest
-from akidb_embed.errors import AkidbEmbedError, InvalidRequestError, TruncationError
+from akidb_embed.errors import (
+    AkidbEmbedError,
+    EmbeddingInputError,
+    InvalidRequestError,
+    TruncationError,
+)
 
 from .errors import BatcherClosedError, QueueFullError, RequestTimeoutError
 
@@ -84,7 +93,7 @@ class BatcherStats:
 class _Piece:
     owner: _Pending
     start: int
-    texts: list[str]
+    texts: list[Any]  # texts, or token id tuples for a token-id request
     longest: int
 
 
@@ -272,7 +281,8 @@ class Batcher:
             )
         loop = asyncio.get_running_loop()
         self._start(loop)
-        n = len(request.texts) if isinstance(request.texts, Sequence) else 0
+        inputs = request.texts if request.token_ids is None else request.token_ids
+        n = len(inputs) if isinstance(inputs, Sequence) else 0
         if self._queued_texts + n > self.max_queue_texts:
             self._rejected += 1
             raise QueueFullError(n, self._queued_texts, self.max_queue_texts, self._retry_after())
@@ -307,18 +317,21 @@ class Batcher:
         """Padded length of each text as the provider will see it (prompt included,
         capped at the model's limit)."""
         info = self.manager.info
+        limit = info.max_tokens
+        if request.token_ids is not None:  # checked by EmbeddingRequest: len() is exact
+            return [n if limit is None else min(n, limit) for n in map(len, request.token_ids)]
         name = request.prompt_name if request.prompt_name is not None else info.default_prompt_name
         prompt = info.prompts.get(name, "") if name else ""
         texts = [prompt + t for t in request.texts] if prompt else list(request.texts)
         counts = self.manager.count_tokens(texts)  # also validates: not a str -> typed error
         if counts is None:  # the provider does not count: estimate from characters
             counts = [math.ceil(len(t) / CHARS_PER_TOKEN) + 2 for t in texts]
-        limit = info.max_tokens
         return [max(1, n if limit is None else min(n, limit)) for n in counts]
 
     def _split(self, pending: _Pending, lengths: list[int]) -> list[_Piece]:
         """Cut a request into pieces that each fit one batch, in order."""
-        texts = list(pending.request.texts)
+        request = pending.request
+        texts = list(request.texts if request.token_ids is None else request.token_ids)
         pieces: list[_Piece] = []
         start = longest = 0
         for i, n in enumerate(lengths):
@@ -444,6 +457,10 @@ class Batcher:
     @staticmethod
     def _piece_request(piece: _Piece) -> EmbeddingRequest:
         r = piece.owner.request
+        if r.token_ids is not None:
+            return EmbeddingRequest(
+                normalize=r.normalize, truncation=r.truncation, model=r.model, token_ids=piece.texts
+            )
         return EmbeddingRequest(piece.texts, r.normalize, r.prompt_name, r.truncation, r.model)
 
     # -- reassembly -------------------------------------------------------------------
@@ -459,6 +476,17 @@ class Batcher:
                 )
                 shifted.__cause__ = outcome
                 outcome = shifted
+            elif (
+                isinstance(outcome, EmbeddingInputError)
+                and piece.start
+                and pending.request.token_ids is not None
+            ):
+                # A provider names a bad token id by its index in the piece it was given.
+                shifted_input = EmbeddingInputError(
+                    f"{outcome} (the index counts from input {piece.start} of the request)"
+                )
+                shifted_input.__cause__ = outcome
+                outcome = shifted_input
             self._drop(pending, count=False)  # its other pieces would be computed for nothing
             pending.future.set_exception(outcome)
             return

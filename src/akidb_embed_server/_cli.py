@@ -17,14 +17,22 @@ _log = logging.getLogger("akidb_embed.server")
 
 
 def register(subparsers: Any) -> None:
-    """Add ``serve [--host H] [--port P] [configuration] [batcher limits]`` to *subparsers*."""
+    """Add ``serve [--config PATH] [embedding flags] [server flags]`` to *subparsers*.
+
+    Every server flag defaults to None, so a flag left out does not override the
+    ``[server]`` table or the ``AKIDB_SERVER_*`` variables (see ``ServerSettings.load``).
+    """
     parser = subparsers.add_parser(
         "serve",
         help="serve embeddings over HTTP (akidb, OpenAI- and TEI-compatible routes)",
+        description="Serve embeddings over HTTP. Settings come from the defaults, then the "
+        "[server] table of the config file, then AKIDB_SERVER_* variables, then these flags. "
+        "API keys are not taken on the command line (other users can read it with ps): set "
+        "AKIDB_SERVER_API_KEYS, api_keys in [server], or --api-key-file.",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080, help="port (default 8080)")
-    parser.add_argument("--config", metavar="PATH", help="TOML file with an [embedding] table")
+    parser.add_argument(
+        "--config", metavar="PATH", help="TOML file with [embedding] and [server] tables"
+    )
     parser.add_argument("--provider", help="provider name (see `akidb-embed providers`)")
     parser.add_argument("--model", help="model id or local folder")
     parser.add_argument(
@@ -34,14 +42,75 @@ def register(subparsers: Any) -> None:
         metavar="KEY=VALUE",
         help="provider option (repeatable); VALUE is parsed as JSON when it can be",
     )
-    parser.add_argument("--max-batch-tokens", type=int, default=16384, metavar="N")
-    parser.add_argument("--max-batch-size", type=int, default=None, metavar="N")
-    parser.add_argument("--max-wait-ms", type=float, default=2.0, metavar="F")
-    parser.add_argument("--max-queue-texts", type=int, default=4096, metavar="N")
-    parser.add_argument("--request-timeout-s", type=float, default=30.0, metavar="F")
-    parser.add_argument("--drain-timeout-s", type=float, default=30.0, metavar="F")
-    parser.add_argument("--served-model-name", default=None, metavar="NAME")
+    _server_arguments(parser.add_argument_group("server (overrides [server] and AKIDB_SERVER_*)"))
     parser.set_defaults(func=_run)
+
+
+def _server_arguments(group: Any) -> None:
+    # dest is the ServerSettings field; the defaults live there, not here.
+    def add(flag: str, dest: str, help: str, **kwargs: Any) -> None:
+        group.add_argument(flag, dest=dest, default=None, help=help, **kwargs)
+
+    add("--host", "host", "address to bind (default 127.0.0.1)")
+    add("--port", "port", "port (default 8080)", type=int)
+    add(
+        "--api-key-file",
+        "api_key_file",
+        "file of accepted API keys, one per line ('#' comments); there is no --api-key",
+        metavar="PATH",
+    )
+    add(
+        "--cors-origin",
+        "cors_origins",
+        "allowed CORS origin, '*' for any (repeatable; replaces cors_origins)",
+        action="append",
+        metavar="ORIGIN",
+    )
+    add(
+        "--public-path",
+        "public_paths",
+        "path served without a key (repeatable; replaces the default /health /metrics)",
+        action="append",
+        metavar="PATH",
+    )
+    add("--max-batch-tokens", "max_batch_tokens", "padded tokens per batch", type=int, metavar="N")
+    add("--max-batch-size", "max_batch_size", "texts per batch", type=int, metavar="N")
+    add("--max-wait-ms", "max_wait_ms", "wait for a thin queue to fill", type=float, metavar="F")
+    add("--max-queue-texts", "max_queue_texts", "queued texts before 429", type=int, metavar="N")
+    add(
+        "--max-client-batch-size",
+        "max_client_batch_size",
+        "inputs per request before 413",
+        type=int,
+        metavar="N",
+    )
+    add("--max-input-chars", "max_input_chars", "characters per text", type=int, metavar="N")
+    add("--max-body-bytes", "max_body_bytes", "request body size", type=int, metavar="N")
+    add(
+        "--request-timeout-s",
+        "request_timeout_s",
+        "per-request deadline, 504 past it (0: none)",
+        type=float,
+        metavar="F",
+    )
+    add("--drain-timeout-s", "drain_timeout_s", "shutdown drain limit", type=float, metavar="F")
+    add("--log-format", "log_format", "log line format", choices=["text", "json"])
+    add("--log-level", "log_level", "logging level (INFO, DEBUG, ...)", metavar="LEVEL")
+    add("--served-model-name", "served_model_name", "model name clients use", metavar="NAME")
+    group.add_argument(
+        "--no-metrics",
+        dest="metrics_enabled",
+        action="store_false",
+        default=None,
+        help="do not serve GET /metrics",
+    )
+
+
+def _server_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The server settings given as flags (the ones left out are None)."""
+    from ._settings import ServerSettings
+
+    return {k: v for k in ServerSettings.fields() if (v := getattr(args, k, None)) is not None}
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -68,49 +137,86 @@ def _run(args: argparse.Namespace) -> int:
     from akidb_embed import EmbeddingConfig, EmbeddingManager
 
     from ._app import create_app
+    from ._loading import LoadingApp
+    from ._logging import configure_logging
     from ._settings import ServerSettings
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # Before the model loads, so a bad setting fails at once (and logging can use it).
+    settings = ServerSettings.load(args.config, **_server_overrides(args))
+    configure_logging(settings.log_level, settings.log_format)
     config = EmbeddingConfig.load(args.config, **_overrides(args))
-    with EmbeddingManager.from_config(config) as manager:
-        settings = ServerSettings(
-            host=args.host,
-            port=args.port,
-            max_batch_tokens=args.max_batch_tokens,
-            max_batch_size=args.max_batch_size,
-            max_wait_ms=args.max_wait_ms,
-            max_queue_texts=args.max_queue_texts,
-            request_timeout_s=args.request_timeout_s,
-            drain_timeout_s=args.drain_timeout_s,
-            served_model_name=args.served_model_name,
-        )
-        app = create_app(manager, settings)
+    failures: list[BaseException] = []
+    server: Any = None
+
+    def build() -> tuple[Any, Any]:
+        manager = EmbeddingManager.from_config(config)
+        try:
+            return create_app(manager, settings), manager.close
+        except BaseException:
+            manager.close()
+            raise
+
+    def on_ready(app: Any) -> None:
         state = app.state.server
-        info = manager.info
-        _log.info(
-            "serving provider=%s model=%s dimension=%d dtype=%s fingerprint=%s limits=%s on "
-            "http://%s:%d",
-            info.provider,
-            info.model,
-            info.dimension,
-            info.dtype,
-            json.dumps(info.fingerprint(), sort_keys=True),
-            json.dumps(state.limits(), sort_keys=True),
-            args.host,
-            args.port,
-        )
-        server = _make_server_class()(
-            uvicorn.Config(app, host=args.host, port=args.port, access_log=False)
-        )
         server.state = state
-        # uvicorn re-raises the signal it shut down on once it has restored the previous
-        # handlers; these make that a no-op, so a graceful stop exits 0.
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: None)
-        server.run()
-        if not server.started:
-            return 1
+        _log_startup(state, settings)
+
+    def on_failure(exc: BaseException) -> None:
+        failures.append(exc)
+        server.should_exit = True
+
+    # The port opens at once and answers 503 "loading" until the model is loaded and the
+    # probe text embedded (see _loading), so an orchestrator can tell loading from dead.
+    loading = LoadingApp(build, on_ready=on_ready, on_failure=on_failure)
+    server = _make_server_class()(
+        uvicorn.Config(
+            loading,
+            host=settings.host,
+            port=settings.port,
+            access_log=False,  # the app writes its own access lines
+            log_config=None,  # uvicorn logs through configure_logging's handler
+            lifespan="on",
+            # Without it uvicorn waits for open requests forever on SIGTERM (typed
+            # int, used as asyncio.wait_for's float timeout).
+            timeout_graceful_shutdown=settings.drain_timeout_s,  # type: ignore[arg-type]
+        )
+    )
+    # uvicorn re-raises the signal it shut down on once it has restored the previous
+    # handlers; these make that a no-op, so a graceful stop exits 0.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
+    _log.info("loading provider=%s model=%s", config.provider, config.model)
+    server.run()
+    if failures:
+        raise failures[0]
+    if not server.started:
+        return 1
     return 0
+
+
+def _log_startup(state: Any, settings: Any) -> None:
+    info = state.manager.info
+    _log.info(
+        "serving provider=%s model=%s dimension=%d dtype=%s fingerprint=%s limits=%s on "
+        "http://%s:%d",
+        info.provider,
+        info.model,
+        info.dimension,
+        info.dtype,
+        json.dumps(info.fingerprint(), sort_keys=True),
+        json.dumps(state.limits(), sort_keys=True),
+        settings.host,
+        settings.port,
+        extra={  # the same figures as fields, for JSON logs
+            "provider": info.provider,
+            "model": info.model,
+            "dimension": info.dimension,
+            "dtype": info.dtype,
+            "fingerprint": info.fingerprint(),
+            "limits": state.limits(),
+            "url": f"http://{settings.host}:{settings.port}",
+        },
+    )
 
 
 def _make_server_class() -> Any:

@@ -188,7 +188,8 @@ def test_builtin_command_reads_no_entry_points() -> None:
         "import sys, contextlib, io\n"
         "from akidb_embed.cli import main\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
-        "    main(['config', '--json'])\n"
+        # Other sections (the server's) come from entry points: only [embedding] here.
+        "    main(['config', '--json', '--section', 'embedding'])\n"
         "print(sorted(m for m in sys.modules if m.startswith(('importlib.metadata', \n"
         "    'akidb_embed.index', 'akidb_embed_onnx', 'akidb_embed_mlx'))))\n"
     )

@@ -20,12 +20,14 @@ HEAVY = (
     "fastapi",
     "uvicorn",
     "starlette",
+    "httpx",
 )
 OURS_LAZY = (
     "akidb_embed_onnx",
     "akidb_embed_mlx",
     "akidb_embed.index",
     "akidb_embed.bridge",
+    "akidb_embed.remote",
     "akidb_embed.cli",
     "akidb_embed.testing",
     "akidb_embed.pytest_plugin",

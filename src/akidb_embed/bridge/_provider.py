@@ -552,6 +552,22 @@ class PythonBridgeProvider:
         """How many times a worker was replaced."""
         return self._supervisor.restarts
 
+    @property
+    def available(self) -> bool:
+        """Whether a worker is up to serve now (a server's readiness reads it).
+
+        ``False`` from a worker's death until its replacement is ready (the next request
+        starts one), after the bridge gave up restarting, and once closed; ``True``
+        before a lazy start.
+        """
+        supervisor = self._supervisor
+        if supervisor.closed:
+            return False
+        worker = supervisor.worker
+        if worker is None:
+            return not supervisor.started
+        return worker.alive
+
     def __repr__(self) -> str:
         return (
             f"<PythonBridgeProvider target={self._settings.target!r} "
