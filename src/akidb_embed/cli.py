@@ -32,7 +32,14 @@ from .errors import AkidbEmbedError, ConfigError, EmbeddingInputError
 if TYPE_CHECKING:
     from importlib.metadata import EntryPoint
 
-__all__ = ["COMMAND_GROUP", "CONFIG_SECTION_GROUP", "main"]
+__all__ = [
+    "COMMAND_GROUP",
+    "CONFIG_SECTION_GROUP",
+    "UsageError",
+    "add_config_arguments",
+    "config_overrides",
+    "main",
+]
 
 COMMAND_GROUP = "akidb_embed.commands"
 CONFIG_SECTION_GROUP = "akidb_embed.config_sections"
@@ -55,9 +62,17 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def _config_arguments(parser: argparse.ArgumentParser) -> None:
+def add_config_arguments(
+    parser: argparse.ArgumentParser, *, config_help: str | None = None
+) -> None:
+    """Add the ``[embedding]`` flags (``--config``, ``--provider``, ``--model``,
+    ``--batch-size``, ``--max-length``, ``--truncation``, ``--offline``, ``--option``) to
+    *parser*; :func:`config_overrides` turns them into ``EmbeddingConfig.load`` arguments.
+    Commands of other distributions (``serve``) use it to take the same flags."""
     group = parser.add_argument_group("configuration (overrides file and environment)")
-    group.add_argument("--config", metavar="PATH", help="TOML file with an [embedding] table")
+    group.add_argument(
+        "--config", metavar="PATH", help=config_help or "TOML file with an [embedding] table"
+    )
     group.add_argument("--provider", help="provider name (see `akidb-embed providers`)")
     group.add_argument("--model", help="model id or local folder")
     group.add_argument("--batch-size", type=int, dest="batch_size")
@@ -73,9 +88,9 @@ def _config_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The configuration keys given on the command line (``--option`` values as JSON when
-    they parse, else as strings)."""
+    they parse, else as strings); a malformed ``--option`` is a :class:`UsageError`."""
     overrides: dict[str, Any] = {}
     for key in ("provider", "model", "batch_size", "max_length", "truncation", "offline"):
         value = getattr(args, key, None)
@@ -98,7 +113,7 @@ def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _load_config(args: argparse.Namespace) -> Any:
     from ._config import EmbeddingConfig
 
-    return EmbeddingConfig.load(getattr(args, "config", None), **_config_overrides(args))
+    return EmbeddingConfig.load(getattr(args, "config", None), **config_overrides(args))
 
 
 # --- providers ----------------------------------------------------------------------------
@@ -319,7 +334,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         metavar="NAME",
         help="show only this section (repeatable): embedding, or an installed one (server)",
     )
-    _config_arguments(p)
+    add_config_arguments(p)
     p.set_defaults(func=_cmd_config)
 
     p = sub.add_parser("embed", help="embed texts (arguments, --file, or standard input)")
@@ -330,7 +345,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--query", action="store_true", help="embed one text as a query")
     p.add_argument("--skip-empty", action="store_true", help="drop empty lines of the input")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
-    _config_arguments(p)
+    add_config_arguments(p)
     p.set_defaults(func=_cmd_embed)
 
     _add_plugin_commands(sub, command)

@@ -11,6 +11,8 @@ import logging
 import signal
 from typing import Any
 
+from akidb_embed.cli import add_config_arguments, config_overrides
+
 __all__ = ["register"]
 
 _log = logging.getLogger("akidb_embed.server")
@@ -30,18 +32,7 @@ def register(subparsers: Any) -> None:
         "API keys are not taken on the command line (other users can read it with ps): set "
         "AKIDB_SERVER_API_KEYS, api_keys in [server], or --api-key-file.",
     )
-    parser.add_argument(
-        "--config", metavar="PATH", help="TOML file with [embedding] and [server] tables"
-    )
-    parser.add_argument("--provider", help="provider name (see `akidb-embed providers`)")
-    parser.add_argument("--model", help="model id or local folder")
-    parser.add_argument(
-        "--option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="provider option (repeatable); VALUE is parsed as JSON when it can be",
-    )
+    add_config_arguments(parser, config_help="TOML file with [embedding] and [server] tables")
     _server_arguments(parser.add_argument_group("server (overrides [server] and AKIDB_SERVER_*)"))
     parser.set_defaults(func=_run)
 
@@ -113,24 +104,6 @@ def _server_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k in ServerSettings.fields() if (v := getattr(args, k, None)) is not None}
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    from akidb_embed.errors import ConfigError
-
-    overrides: dict[str, Any] = {k: v for k in ("provider", "model") if (v := getattr(args, k))}
-    options: dict[str, Any] = {}
-    for item in args.option:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--option expects KEY=VALUE, got {item!r}")
-        try:
-            options[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            options[key] = raw
-    if options:
-        overrides["options"] = options
-    return overrides
-
-
 def _run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -144,7 +117,7 @@ def _run(args: argparse.Namespace) -> int:
     # Before the model loads, so a bad setting fails at once (and logging can use it).
     settings = ServerSettings.load(args.config, **_server_overrides(args))
     configure_logging(settings.log_level, settings.log_format)
-    config = EmbeddingConfig.load(args.config, **_overrides(args))
+    config = EmbeddingConfig.load(args.config, **config_overrides(args))
     failures: list[BaseException] = []
     server: Any = None
 

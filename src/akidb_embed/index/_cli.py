@@ -30,7 +30,7 @@ def register(subparsers: Any) -> None:
 
 def register_index(subparsers: Any) -> None:
     """Add the ``index`` command (with its ``build`` subcommand)."""
-    from ..cli import _config_arguments
+    from ..cli import add_config_arguments
 
     index = subparsers.add_parser("index", help="build vector indexes of texts")
     commands = index.add_subparsers(dest="index_command", metavar="COMMAND", required=True)
@@ -55,13 +55,13 @@ def register_index(subparsers: Any) -> None:
         help="save after every N embedded texts (default 2048)",
     )
     build.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
-    _config_arguments(build)
+    add_config_arguments(build)
     build.set_defaults(func=_cmd_build)
 
 
 def register_search(subparsers: Any) -> None:
     """Add the ``search`` command."""
-    from ..cli import _config_arguments
+    from ..cli import add_config_arguments
 
     search = subparsers.add_parser(
         "search",
@@ -81,7 +81,7 @@ def register_search(subparsers: Any) -> None:
     search.add_argument("-k", type=int, default=5, help="hits per query (default 5)")
     search.add_argument("--ef", type=int, help="HNSW beam width for this search")
     search.add_argument("--json", action="store_true", help="print JSON lines")
-    _config_arguments(search)
+    add_config_arguments(search)
     search.set_defaults(func=_cmd_search)
 
 
@@ -252,6 +252,6 @@ def search_config(
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    from ..cli import _config_overrides
+    from ..cli import config_overrides
 
-    return _config_overrides(args)
+    return config_overrides(args)
