@@ -5,15 +5,10 @@ client."""
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import numpy as np
@@ -30,6 +25,10 @@ from akidb_embed import (
 from akidb_embed.errors import EmbeddingInputError, TruncationError
 from akidb_embed_server import Batcher, BatchEvent
 
+if TYPE_CHECKING:  # the classes behind the fixtures of conftest.py
+    from conftest import Served
+
+Serve = Callable[..., "Served"]
 _T = TypeVar("_T")
 
 
@@ -122,63 +121,21 @@ def test_the_token_budget_counts_ids_and_splits_a_large_request() -> None:
 # --- HTTP -----------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _client(served: Served) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{served.url}/v1", api_key="x", timeout=30, max_retries=0)
 
 
-class Served:
-    """``python -m akidb_embed.cli serve`` on a free loopback port, ready when it returns."""
-
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "akidb_embed.cli", "serve", "--port", str(self.port), *args]
-        self.proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-        )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(self.proc.stdout.read().decode() if self.proc.stdout else "")
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise AssertionError("server not ready within 120 s")
-
-    def client(self) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="x", timeout=30, max_retries=0)
-
-    def post(self, body: dict[str, Any]) -> httpx.Response:
-        return httpx.post(f"{self.url}/v1/embeddings", json=body, timeout=30)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+def _post(served: Served, body: dict[str, Any]) -> httpx.Response:
+    return httpx.post(f"{served.url}/v1/embeddings", json=body, timeout=30)
 
 
 STRICT = {"AKIDB_EMBEDDING_TRUNCATION": "error"}
 
 
 @pytest.fixture(scope="module")
-def strict_mock() -> Iterator[Served]:
+def strict_mock(serve_module: Serve) -> Served:
     """The mock with an 8-token limit and truncation ``error``."""
-    served = Served("--provider", "mock", "--option", "max_tokens=8", env=STRICT)
-    try:
-        yield served
-    finally:
-        served.stop()
+    return serve_module("--provider", "mock", "--option", "max_tokens=8", env=STRICT)
 
 
 def _error(r: httpx.Response, status: int, code: str) -> str:
@@ -194,52 +151,49 @@ def test_openai_client_token_ids_equal_in_process(strict_mock: Served, encoding:
     with EmbeddingManager.from_config(provider="mock", options={"max_tokens": 8}) as manager:
         want = manager.embed_token_ids(ids)
     kwargs: dict[str, Any] = {"encoding_format": "float"} if encoding == "float" else {}
-    out = strict_mock.client().embeddings.create(input=ids, model="mock", **kwargs)
+    out = _client(strict_mock).embeddings.create(input=ids, model="mock", **kwargs)
     got = np.array([d.embedding for d in out.data], dtype=np.float32)
     np.testing.assert_allclose(got, want, atol=1e-6)
     assert [d.index for d in out.data] == [0, 1, 2]
     assert out.usage.prompt_tokens == out.usage.total_tokens == 3 + 4 + 1
     # [int] is one text's ids.
-    one = strict_mock.client().embeddings.create(input=[101, 7592, 102], model="mock")
+    one = _client(strict_mock).embeddings.create(input=[101, 7592, 102], model="mock")
     np.testing.assert_allclose(one.data[0].embedding, want[0], atol=1e-6)
     assert len(one.data) == 1 and one.usage.prompt_tokens == 3
 
 
 def test_token_id_errors_over_http(strict_mock: Served) -> None:
-    message = _error(strict_mock.post({"input": [[101, 102], [1] * 9]}), 413, "input_too_long")
+    message = _error(_post(strict_mock, {"input": [[101, 102], [1] * 9]}), 413, "input_too_long")
     assert "index 1" in message and "8" in message
-    client = strict_mock.client()
+    client = _client(strict_mock)
     with pytest.raises(openai.APIStatusError) as info:
         client.embeddings.create(input=[[101, 102], list(range(1, 10))], model="mock")
     assert info.value.status_code == 413
-    message = _error(strict_mock.post({"input": [[1, 2], [30522]]}), 400, "invalid_input")
+    message = _error(_post(strict_mock, {"input": [[1, 2], [30522]]}), 400, "invalid_input")
     assert "token id 30522 at index 1" in message and "vocabulary" in message
-    _error(strict_mock.post({"input": [[1, 2], [-1]]}), 400, "invalid_input")
-    assert "is empty" in _error(strict_mock.post({"input": [[1], []]}), 400, "invalid_input")
-    _error(strict_mock.post({"input": []}), 400, "empty_input")
-    r = strict_mock.post({"input": [[1, "a"]]})
+    _error(_post(strict_mock, {"input": [[1, 2], [-1]]}), 400, "invalid_input")
+    assert "is empty" in _error(_post(strict_mock, {"input": [[1], []]}), 400, "invalid_input")
+    _error(_post(strict_mock, {"input": []}), 400, "empty_input")
+    r = _post(strict_mock, {"input": [[1, "a"]]})
     assert r.status_code == 422, r.text
-    r = strict_mock.post({"input": [[1, 2.5]]})
+    r = _post(strict_mock, {"input": [[1, 2.5]]})
     assert r.status_code == 422, r.text
     # The server still answers after every refusal.
-    assert strict_mock.post({"input": [[5, 6]]}).status_code == 200
+    assert _post(strict_mock, {"input": [[5, 6]]}).status_code == 200
 
 
-def test_a_text_only_provider_answers_400_that_says_so() -> None:
-    served = Served("--provider", "mock", "--option", "token_input=false")
-    try:
-        for body in ({"input": [[101, 7592, 102]]}, {"input": [101, 7592, 102]}):
-            message = _error(served.post(body), 400, "token_input_not_supported")
-            assert "this provider (mock) takes text only" in message
-        with pytest.raises(openai.BadRequestError, match="takes text only"):
-            served.client().embeddings.create(input=[[101, 7592, 102]], model="mock")
-        assert served.post({"input": ["101 7592 102"]}).status_code == 200
-    finally:
-        served.stop()
+def test_a_text_only_provider_answers_400_that_says_so(serve: Serve) -> None:
+    served = serve("--provider", "mock", "--option", "token_input=false")
+    for body in ({"input": [[101, 7592, 102]]}, {"input": [101, 7592, 102]}):
+        message = _error(_post(served, body), 400, "token_input_not_supported")
+        assert "this provider (mock) takes text only" in message
+    with pytest.raises(openai.BadRequestError, match="takes text only"):
+        _client(served).embeddings.create(input=[[101, 7592, 102]], model="mock")
+    assert _post(served, {"input": ["101 7592 102"]}).status_code == 200
 
 
 @pytest.mark.slow
-def test_onnx_server_token_ids_equal_in_process(minilm_onnx_dir: Path) -> None:
+def test_onnx_server_token_ids_equal_in_process(minilm_onnx_dir: Path, serve: Serve) -> None:
     tokenizers = pytest.importorskip("tokenizers")
     tokenizer = tokenizers.Tokenizer.from_file(str(minilm_onnx_dir / "tokenizer.json"))
     tokenizer.no_padding()
@@ -250,20 +204,17 @@ def test_onnx_server_token_ids_equal_in_process(minilm_onnx_dir: Path) -> None:
     with EmbeddingManager.from_config(provider="onnx", model=str(minilm_onnx_dir)) as manager:
         want = manager.embed_token_ids(ids)
         np.testing.assert_allclose(want, manager.embed(texts), atol=1e-5)
-    served = Served("--provider", "onnx", "--model", str(minilm_onnx_dir), env=STRICT)
-    try:
-        model = httpx.get(f"{served.url}/v1/models", timeout=10).json()["data"][0]["id"]
-        client = served.client()
-        out = client.embeddings.create(input=[[101, 7592, 102]], model=model)
-        np.testing.assert_allclose(out.data[0].embedding, want[0], atol=1e-6)
-        out = client.embeddings.create(input=ids, model=model)
-        got = np.array([d.embedding for d in out.data], dtype=np.float32)
-        np.testing.assert_allclose(got, want, atol=1e-6)
-        assert out.usage.prompt_tokens == sum(map(len, ids))
-        long = [101] + [2773] * 300 + [102]
-        message = _error(served.post({"input": [ids[0], long]}), 413, "input_too_long")
-        assert "index 1" in message and "302" in message and "256" in message
-        vocab = tokenizer.get_vocab_size(with_added_tokens=True)
-        _error(served.post({"input": [[101, vocab, 102]]}), 400, "invalid_input")
-    finally:
-        served.stop()
+    served = serve("--provider", "onnx", "--model", str(minilm_onnx_dir), env=STRICT)
+    model = httpx.get(f"{served.url}/v1/models", timeout=10).json()["data"][0]["id"]
+    client = _client(served)
+    out = client.embeddings.create(input=[[101, 7592, 102]], model=model)
+    np.testing.assert_allclose(out.data[0].embedding, want[0], atol=1e-6)
+    out = client.embeddings.create(input=ids, model=model)
+    got = np.array([d.embedding for d in out.data], dtype=np.float32)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert out.usage.prompt_tokens == sum(map(len, ids))
+    long = [101] + [2773] * 300 + [102]
+    message = _error(_post(served, {"input": [ids[0], long]}), 413, "input_too_long")
+    assert "index 1" in message and "302" in message and "256" in message
+    vocab = tokenizer.get_vocab_size(with_added_tokens=True)
+    _error(_post(served, {"input": [[101, vocab, 102]]}), 400, "invalid_input")

@@ -178,11 +178,9 @@ class Http:
                     f"HTTP {response.status_code} with a body that is not JSON: "
                     f"{response.text[:200]!r}"
                 ),
-                response.status_code,
-                None,
-                None,
                 str(response.request.url),
                 1,
+                response.status_code,
             ) from exc
 
     def request(
@@ -208,9 +206,6 @@ class Http:
                         f"cannot connect to {self.display_url} ({where}): timed out after "
                         f"{attempt} attempt(s)"
                     ),
-                    None,
-                    None,
-                    None,
                     url,
                     attempt,
                 ) from exc
@@ -222,9 +217,6 @@ class Http:
                         f"{where} got no answer within the timeout ({type(exc).__name__}); "
                         "raise options.timeout for large batches or a slow server"
                     ),
-                    None,
-                    None,
-                    None,
                     url,
                     attempt,
                 ) from exc
@@ -238,9 +230,6 @@ class Http:
                         f"cannot reach {self.display_url} ({where}) after {attempt} "
                         f"attempt(s): {type(exc).__name__}: {exc}"
                     ),
-                    None,
-                    None,
-                    None,
                     url,
                     attempt,
                 ) from exc
@@ -251,9 +240,6 @@ class Http:
             except httpx.HTTPError as exc:  # a bad URL or protocol: configuration, not load
                 raise self._stamp(
                     RemoteConfigError(f"{where} failed: {type(exc).__name__}: {exc}"),
-                    None,
-                    None,
-                    None,
                     url,
                     attempt,
                 ) from exc
@@ -282,11 +268,11 @@ class Http:
     @staticmethod
     def _stamp(
         error: RemoteError,
-        status: int | None,
-        code: str | None,
-        message: str | None,
         url: str,
         attempts: int,
+        status: int | None = None,
+        code: str | None = None,
+        message: str | None = None,
     ) -> RemoteError:
         error.status = status
         error.code = code
@@ -327,7 +313,7 @@ class Http:
             error = RemoteUnavailableError(text)
         else:
             error = RemoteInputError(text)
-        self._stamp(error, status, code, message, url, attempts)
+        self._stamp(error, url, attempts, status, code, message)
         if status == 413 and message and (match := _TRUNCATION.search(message)):
             index, tokens, limit = (int(g) for g in match.groups())
             truncation = TruncationError(index, tokens, limit)
