@@ -17,6 +17,7 @@ import pytest
 
 from akidb_embed import BatchEmbeddingRequest, EmbeddingConfig, EmbeddingManager
 from akidb_embed.bridge import PythonBridgeProvider
+from akidb_embed.errors import EmbeddingInputError, TruncationError
 from akidb_embed.testing import conformance_texts
 
 pytestmark = pytest.mark.slow
@@ -96,5 +97,33 @@ def test_onnx_through_the_bridge_in_this_interpreter(minilm_onnx_dir: Path) -> N
             )
             assert bridge.text_lengths(sample) == in_process.provider.text_lengths(sample)
             assert bridge.info() == in_process.info
+    finally:
+        bridge.close()
+
+
+def test_onnx_token_ids_through_the_bridge(minilm_onnx_dir: Path) -> None:
+    """Token ids (OpenAI's token input) reach the worker's ONNX provider: the bridge
+    declares ``token_input`` and gives the texts' own vectors; bad ids stay typed."""
+    from tokenizers import Tokenizer
+
+    config = onnx_config(minilm_onnx_dir)
+    tokenizer = Tokenizer.from_file(str(minilm_onnx_dir / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    sample = ["A man is eating food.", "The quick brown fox.", ""]
+    ids = [tokenizer.encode(text).ids for text in sample]
+    bridge = PythonBridgeProvider(
+        config.replace(provider="python-bridge", options={"target": "onnx"})
+    )
+    try:
+        with EmbeddingManager(bridge, config.replace(provider="python-bridge")) as manager:
+            assert manager.capabilities.token_input
+            got = manager.embed_token_ids(ids)
+            with pytest.raises(EmbeddingInputError, match=r"vocabulary|range"):
+                bridge.embed_token_ids([[101, 10**7, 102]])
+            with pytest.raises(TruncationError):
+                bridge.embed_token_ids([[101] * 600])
+        with EmbeddingManager.from_config(config) as in_process:
+            np.testing.assert_allclose(got, in_process.embed(sample), rtol=0, atol=1e-5)
     finally:
         bridge.close()

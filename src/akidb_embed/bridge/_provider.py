@@ -461,18 +461,24 @@ class PythonBridgeProvider:
         """Vectors plus the token usage the target reports (empty if it reports none)."""
         items = check_texts(texts)
         worker, header, payload = self._request({"op": "embed", "texts": items})
+        vectors = self._vectors(worker, header, payload, len(items))
+        usage = header.get("usage")
+        return vectors, dict(usage) if isinstance(usage, dict) else {}
+
+    def _vectors(
+        self, worker: Worker, header: dict[str, Any], payload: bytearray, rows: int
+    ) -> np.ndarray:
         try:
             vectors = proto.array_from_payload(header, payload)
-            if vectors.shape[0] != len(items):
-                raise proto.BadFrameError(f"{vectors.shape[0]} vectors for {len(items)} texts")
+            if vectors.shape[0] != rows:
+                raise proto.BadFrameError(f"{vectors.shape[0]} vectors for {rows} texts")
         except proto.FrameError as exc:
             worker.kill(None)  # a worker that answers nonsense is not trusted again
             raise WorkerProtocolError(
                 PROVIDER, f"the worker (pid {worker.pid}) sent an invalid answer: {exc}"
             ) from exc
         self._supervisor.failures = 0
-        usage = header.get("usage")
-        return vectors, dict(usage) if isinstance(usage, dict) else {}
+        return vectors
 
     @property
     def capabilities(self) -> ProviderCapabilities:
@@ -486,8 +492,17 @@ class PythonBridgeProvider:
             reports_usage=True,
             counts_tokens=target.counts_tokens,
             text_lengths=target.text_lengths,
+            token_input=target.token_input,
             max_batch_size=target.max_batch_size,
         )
+
+    def embed_token_ids(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """Embed texts given as token ids, in the worker (``capabilities.token_input``:
+        declared when the target takes token ids). The target checks the ids and raises
+        its own typed errors (``EmbeddingInputError``, ``TruncationError``)."""
+        rows = [list(row) for row in ids]
+        worker, header, payload = self._request({"op": "embed_ids", "ids": rows})
+        return self._vectors(worker, header, payload, len(rows))
 
     def text_lengths(self, texts: Sequence[str]) -> list[int]:
         """Token counts after truncation, from the target (``capabilities.text_lengths``)."""

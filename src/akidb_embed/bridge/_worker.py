@@ -148,6 +148,14 @@ class _Server:
         op = header.get("op")
         if op == "ping":
             return {"ok": True}, None
+        if op == "embed_ids":
+            if not self.capabilities.token_input:
+                raise TypeError("the target provider has no embed_token_ids()")
+            ids = header.get("ids")
+            if not isinstance(ids, list) or not all(isinstance(row, list) for row in ids):
+                raise TypeError("request 'embed_ids' needs 'ids', a list of lists of int")
+            # The target checks the ids themselves (range, length) with its own typed errors.
+            return self._vectors(self.provider.embed_token_ids(ids), {})
         texts = header.get("texts")
         if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
             raise TypeError(f"request {op!r} needs 'texts', a list of str")
@@ -171,6 +179,10 @@ class _Server:
             result, usage = self.provider.embed_batch_with_usage(texts)
         else:
             result = self.provider.embed_batch(texts)
+        return self._vectors(result, usage)
+
+    @staticmethod
+    def _vectors(result: Any, usage: Any) -> tuple[dict[str, Any], np.ndarray]:
         if not isinstance(result, np.ndarray) or result.ndim != 2:
             got = type(result).__name__
             if isinstance(result, np.ndarray):

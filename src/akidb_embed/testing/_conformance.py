@@ -214,6 +214,34 @@ class ProviderConformance:
             assert vectors.shape == (3, info.dimension)
             assert all(isinstance(v, int) for v in dict(usage).values())
 
+    #: Token ids the token-input check embeds; valid in any vocabulary of 200+ ids.
+    token_ids: tuple[tuple[int, ...], ...] = ((101, 2023, 2003, 102), (101, 102), (7, 8, 9, 10, 11))
+
+    def test_token_input(self, provider: EmbeddingProvider, manager: EmbeddingManager) -> None:
+        """A provider that declares ``token_input`` embeds ids like texts: float32 rows of
+        its dimension, independent of the batch, and bad ids are typed errors."""
+        if not provider_capabilities(provider).token_input:
+            return  # nothing declared, nothing to check (the capabilities check covers it)
+        embed_ids = provider.embed_token_ids  # type: ignore[attr-defined]
+        rows = [list(row) for row in self.token_ids]
+        out = embed_ids(rows)
+        assert isinstance(out, np.ndarray) and out.dtype == np.float32
+        assert out.shape == (len(rows), provider.info().dimension)
+        assert np.isfinite(out).all()
+        for i, row in enumerate(rows):
+            alone = embed_ids([row])[0]
+            np.testing.assert_allclose(alone, out[i], rtol=0, atol=self.batch_atol)
+        via_manager = manager.embed_token_ids(rows, normalize=False)
+        np.testing.assert_allclose(via_manager, out, rtol=0, atol=self.batch_atol)
+        bad_ids: tuple[list[list[object]], ...] = ([[]], [[-1, 5]], [["7"]])
+        for bad in bad_ids:
+            with pytest.raises(EmbeddingInputError):
+                embed_ids(bad)
+        limit = provider.info().max_tokens
+        if limit is not None:
+            with pytest.raises(TruncationError):  # token ids are never cut silently
+                embed_ids([[rows[0][0]] * (limit + 1)])
+
     def test_embed_many_isolates_requests(self, manager: EmbeddingManager) -> None:
         good_a = ["a cat sleeps on the sofa", "interest rates rose in March", "short"]
         good_b = ["short", "the third request", ""]
