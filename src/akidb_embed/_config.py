@@ -19,7 +19,26 @@ from .errors import (
     UnknownConfigKeyError,
 )
 
-__all__ = ["ENV_PREFIX", "EmbeddingConfig"]
+__all__ = ["ENV_PREFIX", "SECRET_MASK", "EmbeddingConfig", "redact_options"]
+
+#: What a secret value is shown as.
+SECRET_MASK = "***"
+_SECRET_OPTION = re.compile(r"(^|_)(api_?key|key|token|secret|password|passwd|credentials?)$", re.I)
+
+
+def redact_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """*options* with the values of secret-looking keys (``api_key``, ``hf_token``,
+    ``password``, ...) replaced by ``"***"`` (nested tables too)."""
+    shown: dict[str, Any] = {}
+    for key, value in options.items():
+        if isinstance(value, Mapping):
+            shown[key] = redact_options(value)
+        elif value is not None and _SECRET_OPTION.search(str(key)):
+            shown[key] = SECRET_MASK
+        else:
+            shown[key] = value
+    return shown
+
 
 ENV_PREFIX = "AKIDB_EMBEDDING_"
 CONFIG_ENV = "AKIDB_CONFIG"
@@ -124,11 +143,20 @@ class EmbeddingConfig:
         """One key of the provider-specific ``options`` table."""
         return self.options.get(key, default)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The resolved values, JSON-serialisable."""
+    def to_dict(self, *, redact: bool = False) -> dict[str, Any]:
+        """The resolved values, JSON-serialisable.
+
+        With *redact*, the values of secret-looking options (``api_key``, ``token``,
+        ``password``, ``secret``, ... by name) are shown as ``"***"``: for display.
+        """
         values = {name: getattr(self, name) for name in _FIELDS}
-        values["options"] = dict(self.options)
+        values["options"] = redact_options(self.options) if redact else dict(self.options)
         return values
+
+    def __repr__(self) -> str:
+        # Options may hold an API key; a repr ends up in logs and tracebacks.
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.to_dict(redact=True).items())
+        return f"EmbeddingConfig({shown})"
 
     # -- loading -------------------------------------------------------------------------
 

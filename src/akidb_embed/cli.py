@@ -150,7 +150,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
     if wanted is None or "embedding" in wanted:
         config = _load_config(args)
         sources = config.sources()
-        rows = {key: (value, sources[key]) for key, value in config.to_dict().items()}
+        rows = {key: (v, sources[key]) for key, v in config.to_dict(redact=True).items()}
     sections, failed = _config_sections(args, wanted)
     if args.json:
         # [embedding] keys stay at the top level (the format predates sections); other

@@ -13,15 +13,27 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ._config import _FALSE, _TRUE, ARGUMENT, CONFIG_ENV, DEFAULT, _find_file, _read_table
+from ._config import (
+    _FALSE,
+    _TRUE,
+    ARGUMENT,
+    CONFIG_ENV,
+    DEFAULT,
+    SECRET_MASK,
+    _find_file,
+    _read_table,
+    redact_options,
+)
 
 __all__ = [
     "CONFIG_ENV",
+    "SECRET_MASK",
     "SOURCE_ARGUMENT",
     "SOURCE_DEFAULT",
     "find_config_file",
     "parse_bool",
     "read_config_table",
+    "redact_options",
 ]
 
 SOURCE_DEFAULT = DEFAULT

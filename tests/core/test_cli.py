@@ -43,6 +43,27 @@ def test_config_shows_sources(tmp_path: Path) -> None:
     assert data["model"]["source"] == "default"
 
 
+def test_config_masks_secret_options(tmp_path: Path) -> None:
+    cfg = tmp_path / "akidb.toml"
+    cfg.write_text(
+        '[embedding]\nprovider = "remote"\n[embedding.options]\n'
+        'url = "http://127.0.0.1:9"\napi_key = "sk-live-123"\nhf_token = "hf_abc"\n'
+        "max_tokens = 7\n"
+    )
+    table = run("config", "--config", str(cfg), "--section", "embedding")
+    as_json = run("config", "--config", str(cfg), "--section", "embedding", "--json")
+    for result in (table, as_json):
+        assert result.returncode == 0, result.stderr
+        assert "sk-live-123" not in result.stdout and "hf_abc" not in result.stdout
+    options = json.loads(as_json.stdout)["options"]["value"]
+    assert options == {
+        "url": "http://127.0.0.1:9",
+        "api_key": "***",
+        "hf_token": "***",
+        "max_tokens": 7,
+    }
+
+
 def test_embed_arguments_to_json() -> None:
     result = run("embed", "--provider", "mock", "hello world", "second")
     assert result.returncode == 0, result.stderr

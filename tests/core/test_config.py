@@ -215,3 +215,17 @@ def test_options_must_be_a_table(tmp_path: Path) -> None:
 def test_real_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AKIDB_EMBEDDING_PROVIDER", "mock")
     assert EmbeddingConfig.load().provider == "mock"
+
+
+def test_repr_hides_secret_options_but_to_dict_keeps_them() -> None:
+    from akidb_embed.config import SECRET_MASK, redact_options
+
+    config = EmbeddingConfig(
+        provider="remote", options={"api_key": "sk-1", "url": "u", "auth": {"password": "p"}}
+    )
+    assert "sk-1" not in repr(config) and "'p'" not in repr(config)
+    assert "url': 'u'" in repr(config)
+    assert config.to_dict()["options"]["api_key"] == "sk-1"  # what a bridge worker needs
+    shown = config.to_dict(redact=True)["options"]
+    assert shown == {"api_key": SECRET_MASK, "url": "u", "auth": {"password": SECRET_MASK}}
+    assert redact_options({"max_tokens": 5, "token": None}) == {"max_tokens": 5, "token": None}

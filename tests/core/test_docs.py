@@ -40,7 +40,7 @@ def test_plugin_guide_conformance_example(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(akidb_embed_mine=module)
     (suite,) = [b for b in python_blocks("plugins.md") if "ProviderConformance)" in b]
     pytester.makepyfile(test_mine=suite)
-    pytester.runpytest_subprocess().assert_outcomes(passed=13)
+    pytester.runpytest_subprocess().assert_outcomes(passed=14)
 
 
 def test_manager_guide_examples_run(capsys: pytest.CaptureFixture[str]) -> None:

@@ -162,5 +162,5 @@ def test_conformance_suite_catches_a_bad_provider(pytester: pytest.Pytester) -> 
         """
     )
     result = pytester.runpytest_subprocess()
-    result.assert_outcomes(failed=1, passed=12)
+    result.assert_outcomes(failed=1, passed=13)
     result.stdout.fnmatch_lines(["*test_batch_invariance*"])
