@@ -239,6 +239,37 @@ def h2load(
     }
 
 
+def _ab(args: argparse.Namespace, folder: Path, texts: list[str], cores: int) -> int:
+    """REST by wrk against servers with gRPC on and off, alternately, in fresh processes."""
+    clients = max(args.clients)
+    ratios = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        bodies = bs._write_bodies(
+            tmp / "many.jsonl", [{"model": bs.SERVED, "input": t} for t in texts]
+        )
+        base = [
+            sys.executable, "-m", "akidb_embed.cli", "serve", "--provider", "onnx",
+            "--model", str(folder), "--port", "{port}", "--served-model-name", bs.SERVED,
+        ]  # fmt: skip
+        for pair in range(args.ab_pairs):
+            rps = {}
+            for name, extra in (("on", ["--grpc-port", "0"]), ("off", ["--no-grpc"])):
+                log = tmp / f"{name}{pair}.log"
+                with bs.serve(name, base + extra, "/ready", log, None, 120.0) as s:
+                    _wrk(s, bodies, clients, args.warmup, cores)
+                    rps[name] = _wrk(s, bodies, clients, args.duration, cores)["rps"]
+            ratios.append(rps["off"] / rps["on"])
+            print(
+                f"pair {pair + 1}: REST req/s at {clients} clients, gRPC on {rps['on']:.0f}, "
+                f"--no-grpc {rps['off']:.0f}, ratio {ratios[-1]:.3f}",
+                flush=True,
+            )
+    median = sorted(ratios)[len(ratios) // 2]
+    print(f"--no-grpc / gRPC on, median of {len(ratios)} pairs: {median:.3f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
@@ -250,6 +281,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds before each run")
     parser.add_argument("--quick", action="store_true", help="2 s runs, 1 s warm-up")
     parser.add_argument("--short-texts", type=int, default=3000, help="distinct queries")
+    parser.add_argument(
+        "--ab-pairs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead: N alternating pairs of servers with and without gRPC, REST by wrk at "
+        "the largest --clients (what hosting gRPC costs HTTP, order effects cancelled)",
+    )
     parser.add_argument("--worker", choices=["client"], help=argparse.SUPPRESS)
     parser.add_argument("--protocol", choices=["rest", "grpc-unary", "grpc-stream"])
     parser.add_argument("--target", help=argparse.SUPPRESS)
@@ -273,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     folders = {"fp32": fp32, "int8": int8}
     texts = bs._short_texts(args.short_texts)
     one = texts[0]
+    if args.ab_pairs:
+        return _ab(args, folders[args.variants[0]], texts, cores)
     results: dict[str, list[tuple[str, str, str, dict[str, Any]]]] = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
