@@ -17,8 +17,9 @@ Everything runs on this machine in one run, each contender in its own fresh proc
 
 Rows: ``latency`` (one client, one short query at a time), ``concurrency`` (1, 8, 32,
 128 clients), ``docs`` (requests of 256 documents), ``peers``, ``seed`` (the seed's
-Apple-silicon Python-bridge figure beside ours). wrk and the server share the machine's
-cores; the tables give each one's CPU share (% of all cores).
+Apple-silicon Python-bridge figure beside ours), ``grpc`` (gRPC unary and stream vs REST
+at 1 and 32 clients, by ``benchmarks/bench_grpc.py`` in its own process). wrk and the
+server share the machine's cores; the tables give each one's CPU share (% of all cores).
 
     apt-get install -y wrk                           # the load generator (Debian package)
     python benchmarks/bench_server.py --setup-peers  # once: infinity-emb into .cache/
@@ -55,7 +56,7 @@ INFINITY_VENV = REPO / ".cache" / "infinity-venv"
 INFINITY_BIN = INFINITY_VENV / "bin" / "infinity_emb"
 SERVED = "minilm"
 DOCS_PER_REQUEST = 256
-ROWS = ("latency", "concurrency", "docs", "peers", "seed")
+ROWS = ("latency", "concurrency", "docs", "peers", "seed", "grpc")
 VARIANTS = ("fp32", "int8")
 # The seed's Python bridge on Apple silicon (a different machine), same model.
 SEED = {"p50": 6.45, "p95": 7.0, "rps": (155, 190)}
@@ -393,6 +394,15 @@ def _table(header: list[str], rows: list[list[str]]) -> None:
     print()
 
 
+def _grpc_rows(args: argparse.Namespace, duration: float) -> None:
+    """The ``grpc`` row: ``bench_grpc.py`` in its own process, its table printed here."""
+    grpc_args = ["--duration", f"{duration:g}", "--variants", *args.variants]
+    if args.quick:
+        grpc_args.append("--quick")
+    print("gRPC vs REST (benchmarks/bench_grpc.py):", flush=True)
+    subprocess.run([sys.executable, str(HERE / "bench_grpc.py"), *grpc_args], check=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
@@ -479,6 +489,9 @@ def main(argv: list[str] | None = None) -> int:
     short = _short_texts(args.short_texts)
     docs = _documents(args.docs)
     rows = set(args.rows)
+    if rows == {"grpc"}:  # nothing else to set up
+        _grpc_rows(args, args.duration)
+        return 0
     duration = args.duration
     timeout = 120.0
 
@@ -521,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
             command = [
                 sys.executable, "-m", "akidb_embed.cli", "serve", "--provider", "onnx",
                 "--model", str(folders[variant]), "--port", "{port}",
-                "--served-model-name", SERVED, *args.server_arg,
+                "--served-model-name", SERVED, "--grpc-port", "0", *args.server_arg,
             ] + (["--option", f"threads={args.threads}"] if args.threads else [])  # fmt: skip
             print(f"serving {variant} ...", file=sys.stderr, flush=True)
             with serve(
@@ -703,6 +716,8 @@ def main(argv: list[str] | None = None) -> int:
                 parts.append(f"{best['rps']:.0f} req/s ({clients})")
             print("  " + " ".join(parts))
         print()
+    if "grpc" in rows:
+        _grpc_rows(args, duration)
     quick = " --quick" if args.quick else ""
     chosen = "" if set(args.rows) == set(ROWS) else " --rows " + " ".join(args.rows)
     print(

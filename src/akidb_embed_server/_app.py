@@ -8,19 +8,16 @@ validation errors included; nothing answers with a traceback.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import functools
 import logging
 import math
-import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import fastapi.responses
-import numpy as np
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,22 +25,9 @@ from fastapi.responses import Response
 from pydantic import BaseModel, StrictBool, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from akidb_embed import BatchEmbeddingResponse, EmbeddingManager, EmbeddingRequest
-from akidb_embed import __version__ as core_version
-from akidb_embed.errors import (
-    AkidbEmbedError,
-    EmbeddingInputError,
-    ModelMismatchError,
-    ProviderBusyError,
-    ProviderClosedError,
-    ProviderError,
-    TruncationError,
-)
+from akidb_embed import EmbeddingManager, EmbeddingRequest
 
-from ._batcher import Batcher, RequestTiming
-from ._limits import RequestLimitError, check_inputs
 from ._logging import ObservabilityMiddleware, current_request
-from ._metrics import ServerMetrics
 from ._schema import (
     EMBED_ERRORS,
     AkidbEmbedResponse,
@@ -57,15 +41,16 @@ from ._schema import (
     responses,
 )
 from ._security import install_security
+from ._service import PROBE_TEXT, Embedded, EmbeddingService, FailureKind, failure_of
 from ._settings import ServerSettings
 from ._version import __version__
-from .errors import BatcherClosedError, QueueFullError, RequestTimeoutError
 
-__all__ = ["JSONResponse", "ServerState", "create_app"]
+__all__ = ["PROBE_TEXT", "JSONResponse", "ServerState", "create_app"]
 
 _log = logging.getLogger("akidb_embed.server")
 
-PROBE_TEXT = "readiness probe"
+#: The routes' state is the protocol-agnostic service (the name the tests knew).
+ServerState = EmbeddingService
 
 Style = Literal["akidb", "openai", "tei"]
 
@@ -143,29 +128,40 @@ _TEI_TYPES = {
 }
 
 
+_HTTP_STATUS: dict[FailureKind, int] = {
+    "invalid": 400,
+    "too_large": 413,
+    "not_found": 404,
+    "overloaded": 429,
+    "unavailable": 503,
+    "timeout": 504,
+    "cancelled": 499,
+    "internal": 500,
+}
+
+
 def _failure(exc: BaseException) -> _Failure:
-    """The status and message of a core or batcher error."""
+    """The status and message of a core, service or batcher error."""
     if isinstance(exc, _Failure):
         return exc
-    if isinstance(exc, TruncationError):
-        return _Failure(413, str(exc), "input_too_long", "input")
-    if isinstance(exc, RequestLimitError):
-        return _Failure(exc.status, str(exc), exc.code, exc.param)
-    if isinstance(exc, ModelMismatchError):
-        return _Failure(404, str(exc), "model_not_found", "model")
-    if isinstance(exc, EmbeddingInputError):  # InvalidRequestError included
-        return _Failure(400, str(exc), "invalid_input", "input")
-    if isinstance(exc, QueueFullError):
-        retry = str(max(1, math.ceil(exc.retry_after)))
-        return _Failure(429, str(exc), "queue_full", headers={"Retry-After": retry})
-    if isinstance(exc, RequestTimeoutError):
-        return _Failure(504, str(exc), "timeout")
-    if isinstance(exc, (BatcherClosedError, ProviderClosedError, ProviderBusyError, ProviderError)):
-        return _Failure(503, str(exc), "unavailable")
-    if isinstance(exc, AkidbEmbedError):
-        return _Failure(400, str(exc), "invalid_request")
-    _log.error("unexpected error serving a request", exc_info=exc)
-    return _Failure(500, "internal server error", "internal_error")
+    failure = failure_of(exc)
+    headers = None
+    if failure.retry_after is not None:
+        headers = {"Retry-After": str(max(1, math.ceil(failure.retry_after)))}
+    return _Failure(
+        _HTTP_STATUS[failure.kind], failure.message, failure.code, failure.param, headers
+    )
+
+
+def _timing_headers(embedded: Embedded) -> dict[str, str]:
+    """TEI's timing headers (milliseconds), on every embed answer."""
+    return {
+        "x-queue-time": f"{embedded.queue_s * 1000:.3f}",
+        "x-inference-time": f"{embedded.inference_s * 1000:.3f}",
+        "x-total-time": f"{embedded.total_s * 1000:.3f}",
+        "x-total-tokens": str(embedded.tokens),
+        "x-texts": str(embedded.texts),
+    }
 
 
 def _error_response(style: Style, failure: _Failure) -> JSONResponse:
@@ -260,107 +256,6 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 # --- the app ------------------------------------------------------------------------------
 
 
-@dataclass
-class ServerState:
-    """What the routes share: the manager, its batcher, the settings, readiness."""
-
-    manager: EmbeddingManager
-    settings: ServerSettings
-    batcher: Batcher | None = None
-    ready: bool = False
-    draining: bool = False
-
-    @property
-    def served_model(self) -> str:
-        return self.settings.served_model_name or self.manager.info.model
-
-    @property
-    def request_timeout_s(self) -> float | None:
-        return self.settings.request_timeout_s
-
-    def limits(self) -> dict[str, Any]:
-        s = self.settings
-        options = s.batcher_options()
-        if options.get("max_batch_size") is None:
-            options["max_batch_size"] = self.manager.config.batch_size
-        return {
-            **options,
-            "max_concurrency": self.manager.capabilities.max_concurrency,
-            "max_client_batch_size": s.max_client_batch_size,
-            "max_input_chars": s.max_input_chars,
-            "max_body_bytes": s.max_body_bytes,
-            "request_timeout_s": s.request_timeout_s,
-            "drain_timeout_s": s.drain_timeout_s,
-            "max_input_tokens": self.manager.info.max_tokens,
-        }
-
-    def check_model(self, model: str | None) -> None:
-        if model is not None and model not in (self.served_model, self.manager.info.model):
-            raise _Failure(
-                404,
-                f"model {model!r} is not served here; this server serves {self.served_model!r}",
-                "model_not_found",
-                "model",
-            )
-
-    async def embed(
-        self, request: EmbeddingRequest, http: Request | None = None
-    ) -> tuple[BatchEmbeddingResponse, dict[str, str]]:
-        """Embed *request* through the batcher; with *http*, a client that closes its
-        connection first has its queued texts dropped (Starlette would let the handler
-        run on, and the texts be computed for nobody)."""
-        inputs = request.texts if request.token_ids is None else request.token_ids
-        if not inputs:
-            message = "the input is empty: give at least one text"
-            raise _Failure(400, message, "empty_input", "input")
-        limits = self.settings
-        check_inputs(
-            inputs,
-            max_client_batch_size=limits.max_client_batch_size,
-            max_input_chars=limits.max_input_chars,
-        )
-        record = current_request()
-        if record is not None:
-            record.texts = len(inputs)
-        if self.draining or self.batcher is None:
-            raise _Failure(503, "the server is shutting down", "unavailable")
-        timing = RequestTiming()
-        start = time.perf_counter()
-        work = asyncio.ensure_future(
-            self.batcher.embed(request, timeout=self.request_timeout_s, timing=timing)
-        )
-        gone = None if http is None else asyncio.ensure_future(_client_gone(http))
-        try:
-            done, _ = await asyncio.wait(
-                [work] if gone is None else [work, gone], return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            if gone is not None:
-                gone.cancel()
-            if not work.done():  # client gone, or this task cancelled: the batcher drops it
-                work.cancel()
-        if work not in done:
-            with contextlib.suppress(asyncio.CancelledError):
-                await work
-            message = "the client closed the connection before the answer"
-            raise _Failure(499, message, "client_closed")
-        response = work.result()
-        total = time.perf_counter() - start
-        headers = {
-            "x-queue-time": f"{timing.queue * 1000:.3f}",
-            "x-inference-time": f"{timing.inference * 1000:.3f}",
-            "x-total-time": f"{total * 1000:.3f}",
-            "x-total-tokens": str(int(response.usage.get("prompt_tokens", 0))),
-            "x-texts": str(len(inputs)),
-        }
-        if record is not None:  # the same figures feed the access log and the metrics
-            record.tokens = int(response.usage.get("prompt_tokens", 0))
-            record.truncated = int(response.usage.get("truncated", 0))
-            record.queue_s, record.inference_s = timing.queue, timing.inference
-            record.embedded = True
-        return response, headers
-
-
 async def _client_gone(http: Request) -> None:
     """Return once the client has closed its connection. The body has been read by
     then, so the server's next message is ``http.disconnect``."""
@@ -368,25 +263,14 @@ async def _client_gone(http: Request) -> None:
         pass
 
 
-def _cut(vectors: np.ndarray, dimensions: int | None, renormalize: bool, full: int) -> np.ndarray:
-    """Keep the first *dimensions* components (Matryoshka), re-normalised if asked."""
-    if dimensions is None or dimensions == full:
-        return vectors
-    out: np.ndarray = np.ascontiguousarray(vectors[:, :dimensions], dtype=np.float32)
-    if renormalize:
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        out = (out / np.where(norms > 0, norms, 1.0)).astype(np.float32)
-    return out
-
-
-def _check_dimensions(dimensions: int | None, full: int) -> None:
-    if dimensions is not None and not 1 <= dimensions <= full:
-        raise _Failure(
-            400,
-            f"dimensions must be between 1 and the model's dimension {full}, got {dimensions}",
-            "invalid_dimensions",
-            "dimensions",
-        )
+async def _embed(
+    state: EmbeddingService, request: EmbeddingRequest, http: Request
+) -> tuple[Embedded, dict[str, str]]:
+    """Embed through the service; a client that closes its connection first has its
+    queued texts dropped (Starlette would let the handler run on, and the texts be
+    computed for nobody)."""
+    embedded = await state.embed(request, client_gone=functools.partial(_client_gone, http))
+    return embedded, _timing_headers(embedded)
 
 
 def create_app(
@@ -410,27 +294,16 @@ def create_app(
     ``drain_timeout_s`` seconds.
     """
     settings = (settings or ServerSettings()).replace(**changes)
-    state = ServerState(manager=manager, settings=settings)
-    request_timeout_s = settings.request_timeout_s
-    drain_timeout_s = settings.drain_timeout_s
-    # Validate the options now, not at the first request.
-    Batcher(manager, **settings.batcher_options())
+    # Every route reaches the model through the service, read at each request.
+    state = EmbeddingService(manager, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state.batcher = Batcher(manager, **settings.batcher_options())
         try:
-            await state.batcher.embed(EmbeddingRequest([PROBE_TEXT]), timeout=request_timeout_s)
-            if metrics is not None:  # after the probe: the metrics count clients' work
-                metrics.attach(state.batcher)
-            state.ready = True
+            await state.start()
             yield
         finally:
-            state.ready = False
-            state.draining = True
-            await state.batcher.close(drain_timeout=drain_timeout_s)
-            if metrics is not None:
-                metrics.detach()
+            await state.close()
 
     app = FastAPI(
         title="akidb-embed",
@@ -439,8 +312,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.server = state
-    # One registry per app: several apps in one process never share counters.
-    metrics = ServerMetrics(manager, state.served_model) if settings.metrics_enabled else None
+    metrics = state.metrics  # one registry per service, shared with gRPC
     app.state.metrics = metrics
 
     install_security(app, settings, _render_error)
@@ -506,7 +378,8 @@ def create_app(
             prompt_name=body.prompt_name,
             truncation=body.truncation,
         )
-        response, headers = await state.embed(request, http)
+        embedded, headers = await _embed(state, request, http)
+        response = embedded.response
         content = {
             "embeddings": response.embeddings,
             "model": state.served_model,
@@ -527,11 +400,12 @@ def create_app(
     @guarded("openai")
     async def openai_embeddings(body: OpenAIEmbeddingsBody, http: Request) -> Response:
         state.check_model(body.model)
-        request = _openai_request(body.input, manager)
-        full = manager.dimension
-        _check_dimensions(body.dimensions, full)
-        response, headers = await state.embed(request, http)
-        vectors = _cut(response.embeddings, body.dimensions, manager.config.normalize, full)
+        request = _openai_request(body.input, state)
+        state.check_dimensions(body.dimensions)
+        embedded, headers = await _embed(state, request, http)
+        response = embedded.response
+        normalized = state.manager.config.normalize
+        vectors = state.cut(response.embeddings, body.dimensions, normalized)
         if body.encoding_format == "base64":
             rows: Sequence[Any] = [
                 base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in vectors
@@ -561,14 +435,13 @@ def create_app(
             raise _Failure(
                 400, "truncation_direction 'left' is not supported", "invalid_input", "input"
             )
-        full = manager.dimension
-        _check_dimensions(body.dimensions, full)
+        state.check_dimensions(body.dimensions)
         truncation = None if body.truncate is None else ("truncate" if body.truncate else "error")
         request = EmbeddingRequest(
             texts, normalize=body.normalize, prompt_name=body.prompt_name, truncation=truncation
         )
-        response, headers = await state.embed(request, http)
-        vectors = _cut(response.embeddings, body.dimensions, body.normalize, full)
+        embedded, headers = await _embed(state, request, http)
+        vectors = state.cut(embedded.response.embeddings, body.dimensions, body.normalize)
         return JSONResponse(vectors, headers=headers)
 
     @app.get(
@@ -587,26 +460,11 @@ def create_app(
         responses=responses(NestedError, 401, ok=InfoResponse),
     )
     async def info() -> Response:
-        model_info = manager.info
-        return JSONResponse(
-            {
-                "model_id": state.served_model,
-                "provider": model_info.provider,
-                "model": model_info.to_dict(),
-                "fingerprint": model_info.fingerprint(),
-                "limits": state.limits(),
-                # Counters since start (batches, batched/dropped texts, queue depth).
-                "batcher": None if state.batcher is None else asdict(state.batcher.stats()),
-                "version": __version__,
-                "core_version": core_version,
-            }
-        )
+        return JSONResponse(state.info())
 
     @app.get("/health", summary="Liveness", responses=responses(NestedError, 401, ok=Status))
     async def health() -> Response:
         return JSONResponse({"status": "ok"})
-
-    recovery: list[asyncio.Future[Any]] = []
 
     @app.get(
         "/ready",
@@ -614,19 +472,9 @@ def create_app(
         responses={**responses(NestedError, 401, ok=Status), 503: {"model": Status}},
     )
     async def ready() -> Response:
-        if state.draining:
-            return JSONResponse({"status": "draining"}, status_code=503)
-        if manager.closed:
-            return JSONResponse({"status": "closed"}, status_code=503)
-        if not state.ready:
-            return JSONResponse({"status": "loading"}, status_code=503)
-        # A provider may say it is down (a python-bridge worker that died). It restarts
-        # on its next call, so a probe is sent, one at a time: readiness recovers even
-        # when no traffic comes while it reads 503.
-        if not getattr(manager.provider, "available", True):
-            if not recovery or recovery[0].done():
-                recovery[:] = [asyncio.ensure_future(asyncio.to_thread(manager.health))]
-            return JSONResponse({"status": "unavailable"}, status_code=503)
+        status = state.readiness()
+        if status != "ready":
+            return JSONResponse({"status": status}, status_code=503)
         return JSONResponse({"status": "ready", "model": state.served_model})
 
     if metrics is not None:
@@ -644,13 +492,14 @@ def create_app(
 
 
 def _openai_request(
-    value: str | list[str] | list[int] | list[list[int]], manager: EmbeddingManager
+    value: str | list[str] | list[int] | list[list[int]], state: EmbeddingService
 ) -> EmbeddingRequest:
     """OpenAI's ``input``: a text, texts, one text's token ids, or several texts' ids."""
     if isinstance(value, str):
         return EmbeddingRequest([value])
     if not value or all(isinstance(v, str) for v in value):
         return EmbeddingRequest([v for v in value if isinstance(v, str)])
+    manager = state.manager
     if not manager.capabilities.token_input:
         raise _Failure(
             400,

@@ -26,10 +26,10 @@ def register(subparsers: Any) -> None:
     """
     parser = subparsers.add_parser(
         "serve",
-        help="serve embeddings over HTTP (akidb, OpenAI- and TEI-compatible routes)",
-        description="Serve embeddings over HTTP. Settings come from the defaults, then the "
-        "[server] table of the config file, then AKIDB_SERVER_* variables, then these flags. "
-        "API keys are not taken on the command line (other users can read it with ps): set "
+        help="serve embeddings over HTTP (akidb, OpenAI- and TEI-compatible routes) and gRPC",
+        description="Serve embeddings over HTTP and gRPC. Settings come from the defaults, "
+        "then the [server] table of the config file, then AKIDB_SERVER_* variables, then these "
+        "flags. API keys are not taken on the command line (other users can read it with ps): set "
         "AKIDB_SERVER_API_KEYS, api_keys in [server], or --api-key-file.",
     )
     add_config_arguments(parser, config_help="TOML file with [embedding] and [server] tables")
@@ -88,6 +88,14 @@ def _server_arguments(group: Any) -> None:
     add("--log-format", "log_format", "log line format", choices=["text", "json"])
     add("--log-level", "log_level", "logging level (INFO, DEBUG, ...)", metavar="LEVEL")
     add("--served-model-name", "served_model_name", "model name clients use", metavar="NAME")
+    add("--grpc-port", "grpc_port", "gRPC port (default 9090; 0: the OS picks)", type=int)
+    group.add_argument(
+        "--no-grpc",
+        dest="grpc_enabled",
+        action="store_false",
+        default=None,
+        help="serve HTTP only",
+    )
     group.add_argument(
         "--no-metrics",
         dest="metrics_enabled",
@@ -120,6 +128,11 @@ def _run(args: argparse.Namespace) -> int:
     config = EmbeddingConfig.load(args.config, **config_overrides(args))
     failures: list[BaseException] = []
     server: Any = None
+    grpc_server: Any = None
+    if settings.grpc_enabled:
+        from ._grpc import GrpcServer
+
+        grpc_server = GrpcServer(settings)
 
     def build() -> tuple[Any, Any]:
         manager = EmbeddingManager.from_config(config)
@@ -132,7 +145,9 @@ def _run(args: argparse.Namespace) -> int:
     def on_ready(app: Any) -> None:
         state = app.state.server
         server.state = state
-        _log_startup(state, settings)
+        if grpc_server is not None:
+            grpc_server.attach(state)
+        _log_startup(state, settings, grpc_server)
 
     def on_failure(exc: BaseException) -> None:
         failures.append(exc)
@@ -140,7 +155,13 @@ def _run(args: argparse.Namespace) -> int:
 
     # The port opens at once and answers 503 "loading" until the model is loaded and the
     # probe text embedded (see _loading), so an orchestrator can tell loading from dead.
-    loading = LoadingApp(build, on_ready=on_ready, on_failure=on_failure)
+    loading = LoadingApp(
+        build,
+        on_ready=on_ready,
+        on_failure=on_failure,
+        # gRPC's calls in flight finish before the batcher drains (HTTP's do in uvicorn).
+        before_close=None if grpc_server is None else grpc_server.stop,
+    )
     server = _make_server_class()(
         uvicorn.Config(
             loading,
@@ -154,6 +175,8 @@ def _run(args: argparse.Namespace) -> int:
             timeout_graceful_shutdown=settings.drain_timeout_s,  # type: ignore[arg-type]
         )
     )
+    server.grpc = grpc_server
+    server.failures = failures
     # uvicorn re-raises the signal it shut down on once it has restored the previous
     # handlers; these make that a no-op, so a graceful stop exits 0.
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -167,11 +190,12 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _log_startup(state: Any, settings: Any) -> None:
+def _log_startup(state: Any, settings: Any, grpc_server: Any) -> None:
     info = state.manager.info
+    grpc_address = None if grpc_server is None else grpc_server.address
     _log.info(
         "serving provider=%s model=%s dimension=%d dtype=%s fingerprint=%s limits=%s on "
-        "http://%s:%d",
+        "http://%s:%d grpc=%s",
         info.provider,
         info.model,
         info.dimension,
@@ -180,6 +204,7 @@ def _log_startup(state: Any, settings: Any) -> None:
         json.dumps(state.limits(), sort_keys=True),
         settings.host,
         settings.port,
+        grpc_address or "off",
         extra={  # the same figures as fields, for JSON logs
             "provider": info.provider,
             "model": info.model,
@@ -188,6 +213,7 @@ def _log_startup(state: Any, settings: Any) -> None:
             "fingerprint": info.fingerprint(),
             "limits": state.limits(),
             "url": f"http://{settings.host}:{settings.port}",
+            "grpc": grpc_address,
         },
     )
 
@@ -197,10 +223,27 @@ def _make_server_class() -> Any:
 
     class Server(uvicorn.Server):
         state: Any = None
+        grpc: Any = None  # the GrpcServer, when gRPC is on
+        failures: list[BaseException]
+
+        async def startup(self, sockets: Any = None) -> None:
+            # gRPC binds first: a port it cannot have stops the server before the
+            # model starts loading.
+            if self.grpc is not None:
+                try:
+                    port = await self.grpc.start()
+                except OSError as exc:
+                    self.failures.append(exc)
+                    self.should_exit = True
+                    return
+                _log.info("gRPC listening on %s", self.grpc.address, extra={"grpc_port": port})
+            await super().startup(sockets)
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             if self.state is not None:  # readiness goes 503 while uvicorn drains
                 self.state.draining = True
+            if self.grpc is not None:  # health NOT_SERVING, new calls UNAVAILABLE
+                self.grpc.begin_drain_threadsafe()
             super().handle_exit(sig, frame)
 
     return Server

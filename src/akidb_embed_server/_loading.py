@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -34,6 +34,8 @@ class LoadingApp:
     *build* runs in a thread and returns ``(app, close)``: the FastAPI app and what to call
     after its shutdown (closing the manager). *on_ready* is called with the app once its
     startup has run; *on_failure* with the exception if building or starting fails.
+    *before_close* is awaited first at shutdown, before the app drains its batcher (the
+    gRPC server finishes its calls then).
     """
 
     def __init__(
@@ -42,8 +44,10 @@ class LoadingApp:
         *,
         on_ready: Callable[[Any], None],
         on_failure: Callable[[BaseException], None],
+        before_close: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._build = build
+        self._before_close = before_close
         self._on_ready = on_ready
         self._on_failure = on_failure
         self._app: Any = None
@@ -83,6 +87,8 @@ class LoadingApp:
         self._on_ready(app)
 
     async def _shutdown(self) -> None:
+        if self._before_close is not None:
+            await self._before_close()
         if self._task is not None:
             # A model still loading cannot be interrupted; wait for it, then close it.
             await asyncio.shield(self._task)

@@ -12,6 +12,7 @@ being served, found with :func:`current_request`. Texts and API keys are never l
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import re
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
     from ._metrics import ServerMetrics
@@ -32,6 +35,8 @@ __all__ = [
     "RequestRecord",
     "configure_logging",
     "current_request",
+    "log_access",
+    "request_scope",
 ]
 
 ACCESS_LOGGER = "akidb_embed.server.access"
@@ -135,14 +140,30 @@ def current_request() -> RequestRecord | None:
     return _current.get()
 
 
+@contextlib.contextmanager
+def request_scope(record: RequestRecord) -> Iterator[RequestRecord]:
+    """Make *record* what :func:`current_request` returns inside the block (for
+    protocols served outside the ASGI middleware: gRPC)."""
+    token = _current.set(record)
+    try:
+        yield record
+    finally:
+        _current.reset(token)
+
+
 def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
     """The client's ``X-Request-ID`` when it is a sane token, else a new one."""
     for key, value in headers:
         if key == b"x-request-id":
-            candidate = value.decode("latin-1")
-            if _REQUEST_ID.fullmatch(candidate):
-                return candidate
-            break
+            return sane_request_id(value.decode("latin-1"))
+    return uuid.uuid4().hex
+
+
+def sane_request_id(candidate: str | None) -> str:
+    """*candidate* when it is a sane request id (printable, no spaces, at most 128
+    characters), else a new random one."""
+    if candidate is not None and _REQUEST_ID.fullmatch(candidate):
+        return candidate
     return uuid.uuid4().hex
 
 
@@ -204,8 +225,25 @@ class ObservabilityMiddleware:
             _log_access(record, route or "unmatched", status, seconds)
 
 
-def _log_access(record: RequestRecord, route: str, status: int, seconds: float) -> None:
-    level = logging.WARNING if status >= 500 else logging.INFO
+def log_access(
+    record: RequestRecord, route: str, status: int | str, seconds: float, *, server_error: bool
+) -> None:
+    """Write the access line of a request that did not pass the HTTP middleware (gRPC:
+    *status* is the status code's name, *server_error* makes it a WARNING)."""
+    _log_access(record, route, status, seconds, server_error=server_error)
+
+
+def _log_access(
+    record: RequestRecord,
+    route: str,
+    status: int | str,
+    seconds: float,
+    *,
+    server_error: bool | None = None,
+) -> None:
+    if server_error is None:
+        server_error = isinstance(status, int) and status >= 500
+    level = logging.WARNING if server_error else logging.INFO
     if not _access.isEnabledFor(level):
         return
     fields: dict[str, Any] = {

@@ -114,7 +114,8 @@ class ServerMetrics:
 
         self.requests = Counter(
             PREFIX + "requests",
-            "HTTP requests answered, by route template and status.",
+            "Requests answered, by route and status: HTTP (route template, status "
+            "number) and gRPC (method path, status code name; one per stream message).",
             ["route", "status"],
             registry=r,
         )
@@ -126,7 +127,9 @@ class ServerMetrics:
             registry=r,
         )
         self.in_flight = Gauge(
-            PREFIX + "requests_in_flight", "HTTP requests being served now.", registry=r
+            PREFIX + "requests_in_flight",
+            "Requests being served now (HTTP, and gRPC calls and stream messages).",
+            registry=r,
         )
         self.errors = Counter(
             PREFIX + "errors",
@@ -219,9 +222,10 @@ class ServerMetrics:
         self.batch_seconds.observe(event.seconds)
 
     def observe_request(
-        self, record: RequestRecord, route: str, status: int, seconds: float
+        self, record: RequestRecord, route: str, status: int | str, seconds: float
     ) -> None:
-        """One answered HTTP request (*route* is the route template)."""
+        """One answered request: HTTP (*route* is the route template, *status* the
+        number) or gRPC (*route* the method path, *status* the status code's name)."""
         self.requests.labels(route, str(status)).inc()
         self.request_seconds.labels(route).observe(seconds)
         if record.error is not None:

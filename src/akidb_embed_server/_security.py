@@ -27,7 +27,7 @@ from akidb_embed.errors import ConfigError
 from ._limits import BodyLimitMiddleware, ErrorRenderer
 from ._settings import ServerSettings
 
-__all__ = ["APIKeyMiddleware", "bearer_token", "check_keys", "install_security"]
+__all__ = ["APIKeyMiddleware", "KeySet", "bearer_token", "check_keys", "install_security"]
 
 _REALM = 'Bearer realm="akidb-embed"'
 
@@ -63,6 +63,24 @@ def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
     return None
 
 
+class KeySet:
+    """The accepted API keys, kept only as SHA-256 digests (HTTP and gRPC check the same)."""
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        check_keys(keys)
+        self._digests = tuple(_digest(key.encode("utf-8")) for key in keys)
+
+    def accepts(self, token: bytes) -> bool:
+        """Whether *token* is one of the keys, compared in constant time."""
+        given = _digest(token)
+        accepted = False
+        for digest in self._digests:
+            # Every key is compared, match or not (no early exit), so the time taken
+            # says nothing about whether, or which, key matched.
+            accepted |= hmac.compare_digest(given, digest)
+        return accepted
+
+
 class APIKeyMiddleware:
     """Answer 401 to HTTP requests without one of *keys* as a bearer token.
 
@@ -87,21 +105,14 @@ class APIKeyMiddleware:
         public_paths: Iterable[str],
         render: ErrorRenderer,
     ) -> None:
-        check_keys(keys)
         self.app = app
-        self._digests = tuple(_digest(key.encode("utf-8")) for key in keys)
+        self._keys = KeySet(keys)
         self._public = frozenset(public_paths)
         self._render = render
 
     def accepts(self, token: bytes) -> bool:
         """Whether *token* is one of the keys, compared in constant time."""
-        given = _digest(token)
-        accepted = False
-        for digest in self._digests:
-            # Every key is compared, match or not (no early exit), so the time taken
-            # says nothing about whether, or which, key matched.
-            accepted |= hmac.compare_digest(given, digest)
-        return accepted
+        return self._keys.accepts(token)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

@@ -1,4 +1,4 @@
-"""The server's settings: one frozen dataclass shared by the HTTP app, the CLI and (later) gRPC.
+"""The server's settings: one frozen dataclass shared by the HTTP app, gRPC and the CLI.
 
 :meth:`ServerSettings.load` layers them like the core's
 :meth:`~akidb_embed.EmbeddingConfig.load`: defaults < the ``[server]`` table of the TOML
@@ -87,6 +87,10 @@ class ServerSettings:
         Serve ``GET /metrics``.
     served_model_name:
         The name clients use in ``model``; defaults to the provider's model id.
+    grpc_port:
+        Port of the gRPC server (``0`` lets the OS choose), on the same host as HTTP.
+    grpc_enabled:
+        Serve gRPC beside HTTP (in the same process and event loop).
     """
 
     host: str = "127.0.0.1"
@@ -108,6 +112,8 @@ class ServerSettings:
     log_level: str = "INFO"
     metrics_enabled: bool = True
     served_model_name: str | None = None
+    grpc_port: int = 9090
+    grpc_enabled: bool = True
     _sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     # The keys given as api_keys, before the file's were added: replace() starts from
     # these, so a changed or removed api_key_file never leaves stale keys behind.
@@ -129,6 +135,13 @@ class ServerSettings:
             where = f"file:{Path(self.api_key_file).resolve()}"
             sources["api_keys"] = where if not self._given_keys else f"{given} + {where}"
         object.__setattr__(self, "_sources", sources)
+        if self.grpc_enabled and self.port != 0 and self.grpc_port == self.port:
+            raise ConfigValueError(
+                "grpc_port",
+                f"must differ from port ({self.port}): HTTP and gRPC listen on their own "
+                "ports (or set grpc_enabled = false)",
+                sources["grpc_port"],
+            )
 
     # -- public helpers ------------------------------------------------------------------
 
@@ -266,13 +279,15 @@ _INTS = (
     "max_client_batch_size",
     "max_input_chars",
     "max_body_bytes",
+    "grpc_port",
 )
 _FLOATS = ("max_wait_ms", "request_timeout_s", "drain_timeout_s")
-_BOOLS = ("metrics_enabled",)
+_BOOLS = ("metrics_enabled", "grpc_enabled")
 _NULLABLE = ("api_key_file", "max_batch_size", "request_timeout_s", "served_model_name")
-# Lower bounds; port also has an upper one.
+# Lower bounds; the ports also have an upper one.
 _MINIMUM: dict[str, float] = {
     "port": 0,
+    "grpc_port": 0,
     "max_batch_tokens": 1,
     "max_batch_size": 1,
     "max_queue_texts": 1,
@@ -359,7 +374,7 @@ def _check(name: str, value: Any, source: str) -> Any:
     low = _MINIMUM[name]
     if value < low:
         raise ConfigValueError(name, f"must be >= {low:g}, got {value:g}", source)
-    if name == "port" and value > 65535:
+    if name in ("port", "grpc_port") and value > 65535:
         raise ConfigValueError(name, f"must be <= 65535, got {value}", source)
     if name == "request_timeout_s" and value == 0:
         return None  # 0 is how TOML (which has no null) and flags say "no deadline"

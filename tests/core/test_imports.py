@@ -21,6 +21,8 @@ HEAVY = (
     "uvicorn",
     "starlette",
     "httpx",
+    "grpc",
+    "google.protobuf",
 )
 OURS_LAZY = (
     "akidb_embed_onnx",
@@ -59,6 +61,12 @@ def test_mock_use_pulls_nothing_heavy() -> None:
         "    m.embed(['x'])\n"
     )
     assert offenders(loaded, (*HEAVY, "akidb_embed_onnx", "akidb_embed_mlx")) == []
+
+
+def test_server_import_pulls_no_web_framework_or_grpc() -> None:
+    # The serve command's entry point imports akidb_embed_server: listing commands stays cheap.
+    loaded = loaded_after("import akidb_embed\nimport akidb_embed_server")
+    assert offenders(loaded, HEAVY) == []
 
 
 def test_listing_providers_imports_no_heavy_dependency() -> None:

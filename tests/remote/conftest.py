@@ -36,7 +36,9 @@ class Served:
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "akidb_embed.cli", "serve", "--port", str(self.port), *args]
+        # HTTP only: the remote provider speaks HTTP (gRPC would take port 9090).
+        cmd = [sys.executable, "-m", "akidb_embed.cli", "serve", "--port", str(self.port)]
+        cmd += ["--no-grpc", *args]
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
         self.proc = subprocess.Popen(
             cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}

@@ -1,7 +1,8 @@
 """Fixtures for the server tests: ``akidb-embed serve`` as a real subprocess.
 
 ``serve(*args, env=..., wait=True)`` (function scope) and ``serve_module`` (module
-scope) start ``python -m akidb_embed.cli serve --port <free> *args`` on 127.0.0.1, poll
+scope) start ``python -m akidb_embed.cli serve --port <free> --grpc-port <free> *args``
+on 127.0.0.1 (no ``--grpc-port`` when *args* or *env* choose gRPC's port or turn it off), poll
 ``/ready`` until it answers 200 (bounded), capture the server's output in a file (a
 pipe would fill up and block a busy server), and stop every server they started at
 teardown, its whole process group included, so no worker process outlives a test.
@@ -65,6 +66,14 @@ class Served:
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # gRPC listens by default (on 9090): every server gets a free port of its own.
+        grpc_chosen = any(a in ("--grpc-port", "--no-grpc") for a in args) or any(
+            k.startswith("AKIDB_SERVER_GRPC_") for k in env or {}
+        )
+        self.grpc_port: int | None = None if grpc_chosen else free_port()
+        self.grpc_target = None if self.grpc_port is None else f"127.0.0.1:{self.grpc_port}"
+        if self.grpc_port is not None:
+            args = ("--grpc-port", str(self.grpc_port), *args)
         self.args = args
         self._log: IO[bytes] = tempfile.NamedTemporaryFile(  # noqa: SIM115 closed in stop()
             prefix="akidb-serve-", suffix=".log", delete=False

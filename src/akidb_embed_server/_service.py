@@ -1,0 +1,361 @@
+"""The protocol-agnostic core of ``akidb-embed serve``: :class:`EmbeddingService`.
+
+HTTP (``_app``) and gRPC (``_grpc``) are thin adapters: each turns its request into an
+:class:`~akidb_embed.EmbeddingRequest`, calls :meth:`EmbeddingService.embed`, and turns the
+:class:`Embedded` result or the :class:`Failure` into its own response and status. What
+every protocol shares lives here, once: the manager and its batcher, readiness and
+draining, the input limits, the deadline and timing of an embed call, the Matryoshka cut,
+the served model name, the limits and the info.
+
+Adapters reach the model only through the service (``service.manager``,
+``service.batcher``, read at each request), never through a manager captured when they
+were built, so the manager and batcher can be replaced while the server runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from akidb_embed import BatchEmbeddingResponse, EmbeddingManager, EmbeddingRequest
+from akidb_embed import __version__ as core_version
+from akidb_embed.errors import (
+    AkidbEmbedError,
+    EmbeddingInputError,
+    ModelMismatchError,
+    ProviderBusyError,
+    ProviderClosedError,
+    ProviderError,
+    TruncationError,
+)
+
+from ._batcher import Batcher, RequestTiming
+from ._limits import RequestLimitError, check_inputs
+from ._logging import current_request
+from ._metrics import ServerMetrics
+from ._settings import ServerSettings
+from ._version import __version__
+from .errors import BatcherClosedError, QueueFullError, RequestTimeoutError
+
+__all__ = ["PROBE_TEXT", "Embedded", "EmbeddingService", "Failure", "FailureKind", "failure_of"]
+
+_log = logging.getLogger("akidb_embed.server")
+
+PROBE_TEXT = "readiness probe"
+
+#: How a request failed, whatever the protocol; each adapter maps a kind to one status
+#: (HTTP 400/413/404/429/503/504/499/500, gRPC INVALID_ARGUMENT/OUT_OF_RANGE/...).
+FailureKind = Literal[
+    "invalid",  # the request is wrong
+    "too_large",  # over one of the server's or the model's limits
+    "not_found",  # names a model this server does not serve
+    "overloaded",  # the queue is full: retry after retry_after seconds
+    "unavailable",  # loading, draining, or the provider is down
+    "timeout",  # not answered by its deadline; its queued texts were dropped
+    "cancelled",  # the client went away first
+    "internal",  # a bug: logged with its traceback, never shown
+]
+
+
+@dataclass
+class Failure(Exception):
+    """Why a request failed, in terms every protocol can answer.
+
+    ``code`` is the stable error code (``empty_input``, ``queue_full``, ...) that error
+    bodies, access logs and ``akidb_embed_errors_total`` carry; ``param`` names the
+    request field at fault; ``retry_after`` (seconds) comes with ``overloaded``.
+    """
+
+    kind: FailureKind
+    message: str
+    code: str
+    param: str | None = None
+    retry_after: float | None = None
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def failure_of(exc: BaseException) -> Failure:
+    """The :class:`Failure` of a core, limit or batcher error (an unexpected one is
+    logged with its traceback and becomes an ``internal`` failure that says nothing)."""
+    if isinstance(exc, Failure):
+        return exc
+    if isinstance(exc, TruncationError):
+        return Failure("too_large", str(exc), "input_too_long", "input")
+    if isinstance(exc, RequestLimitError):
+        return Failure("too_large", str(exc), exc.code, exc.param)
+    if isinstance(exc, ModelMismatchError):
+        return Failure("not_found", str(exc), "model_not_found", "model")
+    if isinstance(exc, EmbeddingInputError):  # InvalidRequestError included
+        return Failure("invalid", str(exc), "invalid_input", "input")
+    if isinstance(exc, QueueFullError):
+        return Failure("overloaded", str(exc), "queue_full", retry_after=exc.retry_after)
+    if isinstance(exc, RequestTimeoutError):
+        return Failure("timeout", str(exc), "timeout")
+    if isinstance(exc, (BatcherClosedError, ProviderClosedError, ProviderBusyError, ProviderError)):
+        return Failure("unavailable", str(exc), "unavailable")
+    if isinstance(exc, AkidbEmbedError):
+        return Failure("invalid", str(exc), "invalid_request")
+    _log.error("unexpected error serving a request", exc_info=exc)
+    return Failure("internal", "internal server error", "internal_error")
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """One answered embed call: the manager's response and where its time went (seconds)."""
+
+    response: BatchEmbeddingResponse
+    texts: int
+    queue_s: float
+    inference_s: float
+    total_s: float
+
+    @property
+    def tokens(self) -> int:
+        return int(self.response.usage.get("prompt_tokens", 0))
+
+    @property
+    def truncated(self) -> int:
+        return int(self.response.usage.get("truncated", 0))
+
+
+class EmbeddingService:
+    """What every protocol serves: one manager, its batcher, the settings, readiness.
+
+    Parameters
+    ----------
+    manager:
+        The open manager to serve; the service does not close it.
+    settings:
+        The server's settings (limits, batcher options, timeouts, served model name).
+
+    :meth:`start` starts the batcher and embeds a probe text (ready afterwards);
+    :meth:`close` drains it. Use it from one event loop.
+    """
+
+    def __init__(self, manager: EmbeddingManager, settings: ServerSettings) -> None:
+        self.manager = manager
+        self.settings = settings
+        self.batcher: Batcher | None = None
+        self.ready = False
+        self.draining = False
+        # One registry per service: several servers in one process never share counters.
+        self.metrics: ServerMetrics | None = None
+        if settings.metrics_enabled:
+            self.metrics = ServerMetrics(manager, self.served_model)
+        self._recovery: asyncio.Future[Any] | None = None
+        # Validate the batcher options now, not at the first request.
+        Batcher(manager, **settings.batcher_options())
+
+    # -- what the model is ------------------------------------------------------------
+
+    @property
+    def served_model(self) -> str:
+        """The name clients give as ``model``."""
+        return self.settings.served_model_name or self.manager.info.model
+
+    @property
+    def dimension(self) -> int:
+        return self.manager.dimension
+
+    @property
+    def request_timeout_s(self) -> float | None:
+        return self.settings.request_timeout_s
+
+    def limits(self) -> dict[str, Any]:
+        """The limits a client must respect (``/info``, the ``Info`` RPC, the startup line)."""
+        s = self.settings
+        options = s.batcher_options()
+        if options.get("max_batch_size") is None:
+            options["max_batch_size"] = self.manager.config.batch_size
+        return {
+            **options,
+            "max_concurrency": self.manager.capabilities.max_concurrency,
+            "max_client_batch_size": s.max_client_batch_size,
+            "max_input_chars": s.max_input_chars,
+            "max_body_bytes": s.max_body_bytes,
+            "request_timeout_s": s.request_timeout_s,
+            "drain_timeout_s": s.drain_timeout_s,
+            "max_input_tokens": self.manager.info.max_tokens,
+        }
+
+    def info(self) -> dict[str, Any]:
+        """Model, fingerprint, limits, batcher counters and versions (``GET /info``)."""
+        model_info = self.manager.info
+        return {
+            "model_id": self.served_model,
+            "provider": model_info.provider,
+            "model": model_info.to_dict(),
+            "fingerprint": model_info.fingerprint(),
+            "limits": self.limits(),
+            # Counters since start (batches, batched/dropped texts, queue depth).
+            "batcher": None if self.batcher is None else asdict(self.batcher.stats()),
+            "version": __version__,
+            "core_version": core_version,
+        }
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the batcher, embed the probe text, then count clients' work; ready after."""
+        self.batcher = Batcher(self.manager, **self.settings.batcher_options())
+        await self.batcher.embed(EmbeddingRequest([PROBE_TEXT]), timeout=self.request_timeout_s)
+        if self.metrics is not None:  # after the probe: the metrics count clients' work
+            self.metrics.attach(self.batcher)
+        self.ready = True
+
+    async def close(self) -> None:
+        """Stop taking requests; let the queued ones finish within ``drain_timeout_s``."""
+        self.ready = False
+        self.draining = True
+        if self.batcher is not None:
+            await self.batcher.close(drain_timeout=self.settings.drain_timeout_s)
+        if self.metrics is not None:
+            self.metrics.detach()
+
+    def readiness(self) -> str:
+        """``"ready"``, or why not: ``"draining"``, ``"closed"``, ``"loading"`` or
+        ``"unavailable"`` (the provider says it is down, e.g. a python-bridge worker that
+        died). Call it on the event loop: while the provider is down it starts one health
+        probe at a time, which restarts it, so readiness recovers even without traffic."""
+        if self.draining:
+            return "draining"
+        manager = self.manager
+        if manager.closed:
+            return "closed"
+        if not self.ready:
+            return "loading"
+        if not getattr(manager.provider, "available", True):
+            if self._recovery is None or self._recovery.done():
+                self._recovery = asyncio.ensure_future(asyncio.to_thread(manager.health))
+            return "unavailable"
+        return "ready"
+
+    # -- checks -----------------------------------------------------------------------
+
+    def check_model(self, model: str | None) -> None:
+        """Refuse a request that names another model than the served one."""
+        if model is not None and model not in (self.served_model, self.manager.info.model):
+            raise Failure(
+                "not_found",
+                f"model {model!r} is not served here; this server serves {self.served_model!r}",
+                "model_not_found",
+                "model",
+            )
+
+    def check_dimensions(self, dimensions: int | None) -> None:
+        """Refuse a Matryoshka cut outside 1..the model's dimension."""
+        full = self.dimension
+        if dimensions is not None and not 1 <= dimensions <= full:
+            raise Failure(
+                "invalid",
+                f"dimensions must be between 1 and the model's dimension {full}, got {dimensions}",
+                "invalid_dimensions",
+                "dimensions",
+            )
+
+    def cut(self, vectors: np.ndarray, dimensions: int | None, renormalize: bool) -> np.ndarray:
+        """Keep the first *dimensions* components (Matryoshka), re-normalised if asked."""
+        if dimensions is None or dimensions == self.dimension:
+            return vectors
+        out: np.ndarray = np.ascontiguousarray(vectors[:, :dimensions], dtype=np.float32)
+        if renormalize:
+            norms = np.linalg.norm(out, axis=1, keepdims=True)
+            out = (out / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+        return out
+
+    # -- the embed call ---------------------------------------------------------------
+
+    async def embed(
+        self,
+        request: EmbeddingRequest,
+        *,
+        timeout: float | None = None,
+        client_gone: Callable[[], Awaitable[object]] | None = None,
+    ) -> Embedded:
+        """Embed *request* through the batcher, within the server's limits.
+
+        Parameters
+        ----------
+        request:
+            The texts (or token ids) and their options.
+        timeout:
+            A deadline tighter than ``request_timeout_s`` (the client's own, in seconds
+            from now); the earlier of the two applies.
+        client_gone:
+            Returns an awaitable that completes when the client leaves (an HTTP
+            disconnect): its queued texts are then dropped, never computed. (A cancelled
+            caller drops them too.)
+
+        Raises :class:`Failure` for what the server refuses itself (empty input,
+        shutting down, client gone), and the typed errors of the limits, core and
+        batcher otherwise (see :func:`failure_of`).
+        """
+        inputs = request.texts if request.token_ids is None else request.token_ids
+        if not inputs:
+            message = "the input is empty: give at least one text"
+            raise Failure("invalid", message, "empty_input", "input")
+        limits = self.settings
+        check_inputs(
+            inputs,
+            max_client_batch_size=limits.max_client_batch_size,
+            max_input_chars=limits.max_input_chars,
+        )
+        record = current_request()
+        if record is not None:
+            record.texts = len(inputs)
+        batcher = self.batcher
+        if self.draining or batcher is None:
+            raise Failure("unavailable", "the server is shutting down", "unavailable")
+        deadline = self.request_timeout_s
+        if timeout is not None:
+            if timeout <= 0:
+                message = "the request's deadline passed before it was queued"
+                raise Failure("timeout", message, "timeout")
+            deadline = timeout if deadline is None else min(deadline, timeout)
+        timing = RequestTiming()
+        start = time.perf_counter()
+        if client_gone is None:
+            response = await batcher.embed(request, timeout=deadline, timing=timing)
+        else:
+            response = await _embed_unless_gone(batcher, request, deadline, timing, client_gone)
+        embedded = Embedded(
+            response, len(inputs), timing.queue, timing.inference, time.perf_counter() - start
+        )
+        if record is not None:  # the same figures feed the access log and the metrics
+            record.tokens = embedded.tokens
+            record.truncated = embedded.truncated
+            record.queue_s, record.inference_s = timing.queue, timing.inference
+            record.embedded = True
+        return embedded
+
+
+async def _embed_unless_gone(
+    batcher: Batcher,
+    request: EmbeddingRequest,
+    deadline: float | None,
+    timing: RequestTiming,
+    client_gone: Callable[[], Awaitable[object]],
+) -> BatchEmbeddingResponse:
+    work = asyncio.ensure_future(batcher.embed(request, timeout=deadline, timing=timing))
+    gone = asyncio.ensure_future(client_gone())
+    try:
+        done, _ = await asyncio.wait([work, gone], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not work.done():  # client gone, or this task cancelled: the batcher drops it
+            work.cancel()
+    if work not in done:
+        with contextlib.suppress(asyncio.CancelledError):
+            await work
+        message = "the client closed the connection before the answer"
+        raise Failure("cancelled", message, "client_closed")
+    return work.result()
