@@ -232,13 +232,13 @@ def search_config(
     """The configuration ``search`` embeds queries with.
 
     Precedence: *overrides* (the command line) > the embedding identity recorded in the
-    index (see :func:`~akidb_embed.index._collection.embedding_identity`; nothing else
+    index (see :func:`~akidb_embed.fingerprint.embedding_identity`; nothing else
     of *stored* is read) > the user's environment and configuration file > defaults.
     Options from the file or environment apply only when they are for the provider
     that ends up chosen.
     """
     from .._config import EmbeddingConfig
-    from ._collection import embedding_identity
+    from ..fingerprint import embedding_identity
 
     identity = embedding_identity(stored)
     recorded_options = identity.pop("options")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +15,12 @@ import numpy as np
 
 from .._manager import validate_texts
 from ..errors import IndexInputError
-from ._fingerprint import check_fingerprint, manager_fingerprint
+from ..fingerprint import (
+    check_fingerprint,
+    embedding_identity,
+    manager_fingerprint,
+    recorded_identity,
+)
 from ._results import Record
 from ._storage import POINTER, check_new_folder
 from ._vector_index import VectorIndex
@@ -27,25 +32,6 @@ __all__ = ["AddReport", "Collection", "embedding_identity"]
 
 COLLECTION_FORMAT = 1
 _PROGRESS_FROM = 1000
-
-# What a saved collection records about its embedding (``embedding_config``), and all
-# that ``akidb-embed search`` takes from it: a saved folder may come from anyone, so
-# nothing that runs code (python_path, options.imports), carries secrets (options.env,
-# tokens) or points at the builder's machine (cache_dir) is written or read back. An
-# option is kept only when it is listed here and is a plain JSON scalar.
-IDENTITY_FIELDS = ("provider", "model", "max_length", "normalize", "truncation")
-IDENTITY_OPTIONS = (
-    "target",  # python-bridge: the provider its worker runs
-    "revision",
-    "onnx_file",
-    "dtype",
-    "pooling",
-    "padding_side",
-    "query_instruction",
-    "dimension",  # mock
-    "seed",  # mock
-    "max_tokens",  # mock
-)
 
 
 @dataclass(frozen=True)
@@ -134,7 +120,7 @@ class Collection:
             )
             self._index.attributes["collection"] = {"format": COLLECTION_FORMAT}
         # Enough to rebuild the manager from the saved folder (``akidb-embed search``).
-        self._index.attributes["embedding_config"] = _recorded_identity(manager)
+        self._index.attributes["embedding_config"] = recorded_identity(manager)
 
     # -- properties ----------------------------------------------------------------------
 
@@ -349,35 +335,6 @@ class Collection:
         """``(id, text)`` of every stored text, in insertion order."""
         for id_ in self._index.ids():
             yield id_, self._index.get(id_).metadata["text"]
-
-
-def embedding_identity(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The keys of an embedding configuration that identify the embedding, and only those.
-
-    *config* is an :meth:`EmbeddingConfig.to_dict` or a saved ``embedding_config``
-    (possibly written by an older version, or by someone else): only
-    :data:`IDENTITY_FIELDS` and the :data:`IDENTITY_OPTIONS` whose values are JSON
-    scalars are kept; ``python_path``, ``cache_dir``, ``options.env``,
-    ``options.imports`` and anything unknown are dropped.
-    """
-    identity = {k: config[k] for k in IDENTITY_FIELDS if k in config}
-    options = config.get("options")
-    options = options if isinstance(options, Mapping) else {}
-    identity["options"] = {
-        k: v
-        for k, v in options.items()
-        if k in IDENTITY_OPTIONS and (v is None or isinstance(v, (str, int, float, bool)))
-    }
-    return identity
-
-
-def _recorded_identity(manager: EmbeddingManager) -> dict[str, Any]:
-    identity = embedding_identity(manager.config.to_dict())
-    model = identity.get("model")
-    # A relative model folder would not be found from another working directory.
-    if isinstance(model, str) and not Path(model).is_absolute() and Path(model).exists():
-        identity["model"] = str(Path(model).resolve())
-    return identity
 
 
 @contextmanager
