@@ -27,6 +27,7 @@ from ._vector_index import VectorIndex
 
 if TYPE_CHECKING:
     from .._manager import EmbeddingManager
+    from ..corpus import EmbeddingsOutput
 
 __all__ = ["AddReport", "Collection", "embedding_identity"]
 
@@ -260,6 +261,94 @@ class Collection:
                     self._index.save(self._path)
         if self._path is not None and relabel and not embed:
             self._index.save(self._path)
+        return AddReport(added, updated, skipped)
+
+    def add_embeddings(
+        self, source: str | os.PathLike[str] | EmbeddingsOutput, *, progress: bool | None = None
+    ) -> AddReport:
+        """Index vectors embedded earlier, without embedding again.
+
+        *source* is an ``akidb-embed embed-corpus`` output folder (or Parquet files with
+        an embedding fingerprint in their schema metadata, as ``embed_dataset`` writes
+        them), or what :func:`akidb_embed.corpus.read_embeddings` returned. Its
+        ``id`` column gives the ids, the text column the texts, ``sha256`` their hashes
+        and the other columns (but the vectors) each row's metadata. As in :meth:`add`,
+        rows already indexed unchanged are skipped, and with a *path* the collection is
+        saved after each file, so an interrupted build resumes.
+
+        Raises
+        ------
+        FingerprintMismatchError
+            The vectors come from another embedding than this collection's (the
+            message names both).
+        EmbeddingsOutputError
+            *source* is not a complete, intact embeddings folder.
+        IndexInputError
+            An id appears twice.
+        """
+        from ..corpus import EmbeddingsOutput, read_embeddings
+
+        output = source if isinstance(source, EmbeddingsOutput) else read_embeddings(source)
+        check_fingerprint(
+            self._fingerprint, output.fingerprint, f"index the embeddings in {output.root}"
+        )
+        added = updated = skipped = 0
+        seen: set[str] = set()
+        show = progress if progress is not None else output.rows > _PROGRESS_FROM
+        with _progress(output.rows if show else 0, show) as advance:
+            for table in output.tables():
+                report = self._add_table(table, output.output_column, output.text_field, seen)
+                added, updated, skipped = (
+                    added + report.added,
+                    updated + report.updated,
+                    skipped + report.skipped,
+                )
+                if self._path is not None and (report.added or report.updated):
+                    self._index.save(self._path)
+                advance(table.num_rows)
+        return AddReport(added, updated, skipped)
+
+    def _add_table(
+        self, table: Any, vector_column: str, text_field: str | None, seen: set[str]
+    ) -> AddReport:
+        names = table.column_names
+        text_field = text_field or "text"
+        for needed in ("id", text_field, vector_column):
+            if needed not in names:
+                raise IndexInputError(f"the embeddings have no {needed!r} column")
+        ids = [str(i) for i in table.column("id").to_pylist()]
+        texts = table.column(text_field).to_pylist()
+        hashes = (
+            table.column("sha256").to_pylist()
+            if "sha256" in names
+            else [content_hash(t) for t in texts]
+        )
+        column = table.column(vector_column).combine_chunks()
+        vectors = column.flatten().to_numpy(zero_copy_only=False).reshape(len(ids), -1)
+        others = [n for n in names if n not in ("id", text_field, "sha256", vector_column)]
+        rows = table.select(others).to_pylist() if others else [None] * len(ids)
+        take: list[int] = []
+        added = updated = skipped = 0
+        for i, id_ in enumerate(ids):
+            if id_ in seen:
+                raise IndexInputError(f"the embeddings hold id {id_!r} more than once")
+            seen.add(id_)
+            stored = self._index.get(id_).metadata if id_ in self._index else None
+            if stored is None:
+                added += 1
+            elif stored.get("sha256") != hashes[i] or stored.get("metadata") != rows[i]:
+                updated += 1
+            else:
+                skipped += 1
+                continue
+            take.append(i)
+        if take:
+            self._index.upsert(
+                [ids[i] for i in take],
+                vectors[take],
+                [{"text": texts[i], "sha256": hashes[i], "metadata": rows[i]} for i in take],
+                fingerprint=self._fingerprint,
+            )
         return AddReport(added, updated, skipped)
 
     def _embed_documents(
