@@ -15,7 +15,7 @@ from .._manager import EmbeddingManager
 from ..errors import BadRowError, CorpusInputError, UnknownConfigKeyError
 from ..fingerprint import Fingerprint
 from ._arrow import pa
-from ._input import ERROR_COLUMN, SHARD_COLUMN
+from ._input import ERROR_COLUMN, ROW_COLUMN, SHARD_COLUMN
 
 if TYPE_CHECKING:
     import pyarrow
@@ -90,6 +90,7 @@ def embed_table(
     on_error: str = "raise",
     fingerprint: Fingerprint | None = None,
     progress: Callable[[int], None] | None = None,
+    keep_rejected: bool = False,
 ) -> tuple[pyarrow.Table, list[dict[str, Any]]]:
     """Embed the texts of *table*; return the good rows with two more columns,
     ``sha256`` (of the text) and *output_column* (float32 vectors), and the rejects.
@@ -99,7 +100,9 @@ def embed_table(
     raises :class:`BadRowError` naming its id and shard; with ``"skip"`` bad rows are
     left out and returned as rejects ``{"id", "shard", "reason", "text"}``.
     The schema's metadata carries *fingerprint* (default: the manager's); *progress*
-    receives the count of texts embedded so far, after each provider call.
+    receives the count of texts embedded so far, after each provider call. With
+    *keep_rejected* (for engines that collect rows elsewhere) the rejected rows stay in
+    the table too, with null ``sha256`` and vector and the reason in ``_akidb_error``.
     """
     from ..fingerprint import manager_fingerprint
 
@@ -123,9 +126,11 @@ def embed_table(
         else [None] * len(texts)
     )
     good: list[int] = []
+    bad: list[int] = []
     rejects: list[dict[str, Any]] = []
     ids = table.column(id_column).to_pylist() if id_column in table.column_names else None
     shards = table.column(SHARD_COLUMN).to_pylist() if SHARD_COLUMN in table.column_names else None
+    rows = table.column(ROW_COLUMN).to_pylist() if ROW_COLUMN in table.column_names else None
     for i, (text, mark) in enumerate(zip(texts, marked, strict=True)):
         reason = mark or bad_text(text)
         if reason is None:
@@ -135,7 +140,11 @@ def embed_table(
         shard = shards[i] if shards is not None else None
         if on_error == "raise":
             raise BadRowError(row_id, shard, reason)
-        rejects.append({"id": row_id, "shard": shard, "reason": reason, "text": text})
+        bad.append(i)
+        reject = {"id": row_id, "shard": shard, "reason": reason, "text": text}
+        if rows is not None:
+            reject["row"] = rows[i]
+        rejects.append(reject)
     kept = table if len(good) == len(texts) else table.take(pa.array(good, pa.int64()))
     good_texts = [texts[i] for i in good]
     vectors = (
@@ -150,5 +159,20 @@ def embed_table(
         [hashlib.sha256(t.encode("utf-8")).hexdigest() for t in good_texts], pa.string()
     )
     out = kept.append_column("sha256", digests).append_column(output_column, embedding)
+    if keep_rejected:
+        out = _set_column(out, ERROR_COLUMN, pa.nulls(out.num_rows, pa.string()))
+        if bad:
+            left = table.take(pa.array(bad, pa.int64()))
+            left = left.append_column("sha256", pa.nulls(len(bad), pa.string()))
+            left = left.append_column(output_column, pa.nulls(len(bad), embedding.type))
+            reasons = pa.array([r["reason"] for r in rejects], pa.string())
+            left = _set_column(left, ERROR_COLUMN, reasons)
+            out = pa.concat_tables([out, left.cast(out.schema)])
     fp = fingerprint if fingerprint is not None else manager_fingerprint(manager)
     return out.replace_schema_metadata(with_fingerprint(out.schema, fp).metadata), rejects
+
+
+def _set_column(table: pyarrow.Table, name: str, values: pyarrow.Array) -> pyarrow.Table:
+    if name in table.column_names:
+        return table.set_column(table.column_names.index(name), name, values)
+    return table.append_column(name, values)
