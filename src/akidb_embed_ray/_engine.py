@@ -141,8 +141,7 @@ def run_corpus_job(job: CorpusJob) -> dict[str, Any]:
                     del waiting[index]
         if waiting:
             raise EmbeddingsOutputError(
-                f"{len(waiting)} shards did not come back whole from Ray "
-                f"(first: {min(waiting)})"
+                f"{len(waiting)} shards did not come back whole from Ray (first: {min(waiting)})"
             )
     finally:
         if started_here:

@@ -414,6 +414,7 @@ class _ExtraTypes:
         self._text_field = text_field
         self._kinds: dict[str, set[str]] = {}
         self._arrow: dict[str, pyarrow.DataType] = {}
+        self._order: dict[str, None] = {}  # first seen first
 
     def _check_name(self, name: str, where: str) -> None:
         if name in RESERVED_COLUMNS or name.startswith("_akidb_"):
@@ -433,6 +434,7 @@ class _ExtraTypes:
             if key not in self._kinds:
                 self._check_name(key, where)
                 self._kinds[key] = set()
+                self._order[key] = None
             self._kinds[key].add(_kind(value))
 
     def see_schema(self, schema: pyarrow.Schema, where: str) -> None:
@@ -441,6 +443,7 @@ class _ExtraTypes:
                 continue
             if f.name not in self._arrow and f.name not in self._kinds:
                 self._check_name(f.name, where)
+                self._order[f.name] = None
             old = self._arrow.get(f.name)
             if old is None:
                 self._arrow[f.name] = f.type
@@ -465,7 +468,7 @@ class _ExtraTypes:
                 out[name] = pa.string() if "json" in kinds else old
             else:
                 out[name] = json_type
-        return tuple((name, _type_text(t)) for name, t in out.items())
+        return tuple((name, _type_text(out[name])) for name in self._order)
 
 
 def _kind(value: Any) -> str:

@@ -326,7 +326,11 @@ class Collection:
         column = table.column(vector_column).combine_chunks()
         vectors = column.flatten().to_numpy(zero_copy_only=False).reshape(len(ids), -1)
         others = [n for n in names if n not in ("id", text_field, "sha256", vector_column)]
-        rows = table.select(others).to_pylist() if others else [None] * len(ids)
+        # A null is a field the row does not have (rows of different files share columns).
+        rows = [
+            {k: v for k, v in row.items() if v is not None} or None
+            for row in (table.select(others).to_pylist() if others else [{}] * len(ids))
+        ]
         take: list[int] = []
         added = updated = skipped = 0
         for i, id_ in enumerate(ids):
