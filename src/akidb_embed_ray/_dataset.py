@@ -20,14 +20,11 @@ if TYPE_CHECKING:
     import pyarrow
     import ray.data
 
-__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_TASK_RETRIES", "embed_dataset"]
+__all__ = ["DEFAULT_BATCH_SIZE", "embed_dataset"]
 
 #: Rows per actor call: enough for the manager to sort by length and fill its batches,
 #: small enough that a retried call after an actor's death repeats little work.
 DEFAULT_BATCH_SIZE = 256
-#: Retries of one batch whose actor died (Ray Data's own default is unbounded, which
-#: loops forever on a text that kills the process every time).
-DEFAULT_TASK_RETRIES = 3
 
 
 class _Embedder:
@@ -136,9 +133,10 @@ def embed_dataset(
         instead of building one from *config* (providers registered at run time,
         observers, ...).
     ray_remote_args:
-        Passed to ``map_batches`` (``max_restarts``, ``max_task_retries``,
-        ``runtime_env``, ``memory``...). By default a batch whose actor died is retried
-        up to 3 times on a restarted actor.
+        Passed to ``map_batches`` (``memory``, ``runtime_env``, ``max_task_retries``...).
+        Ray Data's defaults restart an actor that died and run its batch again, with no
+        limit: a text that kills the process every time is retried forever unless
+        ``max_task_retries`` bounds it.
 
     Raises
     ------
@@ -166,9 +164,14 @@ def embed_dataset(
         raise CorpusInputError("give config or manager_factory, not both")
     if rejects_path is not None:
         Path(rejects_path).mkdir(parents=True, exist_ok=True)
-    ray_remote_args.setdefault("max_task_retries", DEFAULT_TASK_RETRIES)
     if num_gpus:
         ray_remote_args["num_gpus"] = num_gpus
+    import ray.data
+
+    if isinstance(concurrency, tuple):
+        pool = ray.data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1])
+    else:
+        pool = ray.data.ActorPoolStrategy(size=concurrency)
     out = ds.map_batches(
         _Embedder,
         fn_constructor_args=(
@@ -185,7 +188,7 @@ def embed_dataset(
         batch_size=batch_size,
         batch_format="pyarrow",
         zero_copy_batch=True,
-        concurrency=concurrency,
+        compute=pool,
         num_cpus=num_cpus,
         **ray_remote_args,
     )

@@ -25,7 +25,12 @@ from akidb_embed.corpus import (
     ShardPlan,
     read_shard,
 )
-from akidb_embed.errors import CorpusInputError, EmbeddingsOutputError, MissingDependencyError
+from akidb_embed.errors import (
+    BadRowError,
+    CorpusInputError,
+    EmbeddingsOutputError,
+    MissingDependencyError,
+)
 
 from ._dataset import DEFAULT_BATCH_SIZE, embed_dataset
 
@@ -66,8 +71,9 @@ def run_corpus_job(job: CorpusJob) -> dict[str, Any]:
     local Ray started for this job and stopped after it), ``concurrency`` (actors,
     default 1), ``num_cpus`` (per actor, default 1), ``num_gpus``, ``batch_size`` (rows
     per actor call), ``ray_remote_args``. Returns timings: ``ray_init_s`` (joining or
-    starting Ray) and ``first_rows_s`` (until the first embedded rows came back:
-    actors started and models loaded), both included in ``seconds``.
+    starting Ray), ``first_rows_s`` and ``first_rows`` (when the first embedded rows came
+    back, and how many: actors started and models loaded) and ``last_rows_s``, all from
+    the engine's start, as ``seconds`` (the whole run).
     """
     unknown = set(job.options) - set(_OPTIONS)
     if unknown:
@@ -91,6 +97,8 @@ def run_corpus_job(job: CorpusJob) -> dict[str, Any]:
         started_here = True
     ray_init_s = time.perf_counter() - start
     first_rows_s: float | None = None
+    first_rows = 0
+    last_rows_s = 0.0
     try:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = job.progress
@@ -113,7 +121,9 @@ def run_corpus_job(job: CorpusJob) -> dict[str, Any]:
             concurrency=options.get("concurrency") or 1,
             num_cpus=options.get("num_cpus") or 1,
             num_gpus=options.get("num_gpus"),
-            on_error=job.on_error,
+            # Rows come back rejected, not raised: a Ray worker's exception reaches the
+            # driver wrapped in Ray's, while the driver raises the typed BadRowError.
+            on_error="skip",
             id_column="id",
             _keep_rejected=True,
             **(options.get("ray_remote_args") or {}),
@@ -123,8 +133,11 @@ def run_corpus_job(job: CorpusJob) -> dict[str, Any]:
         counts: dict[int, int] = defaultdict(int)
         batch: Any
         for batch in embedded.iter_batches(batch_size=None, batch_format="pyarrow"):
+            last_rows_s = time.perf_counter() - start
             if first_rows_s is None:
-                first_rows_s = time.perf_counter() - start
+                first_rows_s, first_rows = last_rows_s, batch.num_rows
+            if job.on_error == "raise":
+                _raise_first_reject(batch)
             for index in pc.unique(batch.column(SHARD_COLUMN)).to_pylist():
                 part = batch.filter(pc.equal(batch.column(SHARD_COLUMN), index))
                 shard = waiting.get(index)
@@ -150,8 +163,19 @@ def run_corpus_job(job: CorpusJob) -> dict[str, Any]:
         "engine": "ray",
         "ray_init_s": ray_init_s,
         "first_rows_s": first_rows_s,
+        "first_rows": first_rows,
+        "last_rows_s": last_rows_s,
         "seconds": time.perf_counter() - start,
     }
+
+
+def _raise_first_reject(batch: pyarrow.Table) -> None:
+    import pyarrow.compute as pc
+
+    bad = batch.filter(pc.is_valid(batch.column(ERROR_COLUMN)))
+    if bad.num_rows:
+        row = bad.sort_by(ROW_COLUMN).slice(0, 1).to_pylist()[0]
+        raise BadRowError(row["id"], row[SHARD_COLUMN], row[ERROR_COLUMN])
 
 
 def _commit(job: CorpusJob, shard: ShardPlan, parts: list[pyarrow.Table]) -> None:
