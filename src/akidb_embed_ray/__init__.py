@@ -10,8 +10,25 @@ called, not with this package. Only the core's public API is used.
 
 from __future__ import annotations
 
-from ._dataset import embed_dataset
-from ._engine import run_corpus_job
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
 
+if TYPE_CHECKING:
+    from ._dataset import embed_dataset
+    from ._engine import run_corpus_job
+
 __all__ = ["__version__", "embed_dataset", "run_corpus_job"]
+
+
+def __getattr__(name: str) -> Any:
+    # pyarrow (and ray, when called) load with the first use, not with the package.
+    if name == "embed_dataset":
+        from ._dataset import embed_dataset
+
+        return embed_dataset
+    if name == "run_corpus_job":
+        from ._engine import run_corpus_job
+
+        return run_corpus_job
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -72,8 +72,9 @@ def run_corpus_job(job: CorpusJob) -> dict[str, Any]:
     default 1), ``num_cpus`` (per actor, default 1), ``num_gpus``, ``batch_size`` (rows
     per actor call), ``ray_remote_args``. Returns timings: ``ray_init_s`` (joining or
     starting Ray), ``first_rows_s`` and ``first_rows`` (when the first embedded rows came
-    back, and how many: actors started and models loaded) and ``last_rows_s``, all from
-    the engine's start, as ``seconds`` (the whole run).
+    back, and how many: actors started and models loaded), ``last_rows_s`` and
+    ``arrivals`` (``(seconds, rows so far)`` as batches came back), all from the
+    engine's start, as ``seconds`` (the whole run).
     """
     unknown = set(job.options) - set(_OPTIONS)
     if unknown:
@@ -99,6 +100,7 @@ def run_corpus_job(job: CorpusJob) -> dict[str, Any]:
     first_rows_s: float | None = None
     first_rows = 0
     last_rows_s = 0.0
+    arrivals: list[tuple[float, int]] = []  # (seconds, rows so far): a throughput curve
     try:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = job.progress
@@ -136,6 +138,7 @@ def run_corpus_job(job: CorpusJob) -> dict[str, Any]:
             last_rows_s = time.perf_counter() - start
             if first_rows_s is None:
                 first_rows_s, first_rows = last_rows_s, batch.num_rows
+            arrivals.append((last_rows_s, (arrivals[-1][1] if arrivals else 0) + batch.num_rows))
             if job.on_error == "raise":
                 _raise_first_reject(batch)
             for index in pc.unique(batch.column(SHARD_COLUMN)).to_pylist():
@@ -165,6 +168,7 @@ def run_corpus_job(job: CorpusJob) -> dict[str, Any]:
         "first_rows_s": first_rows_s,
         "first_rows": first_rows,
         "last_rows_s": last_rows_s,
+        "arrivals": arrivals,
         "seconds": time.perf_counter() - start,
     }
 
