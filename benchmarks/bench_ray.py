@@ -76,6 +76,7 @@ def _worker(name: str, model: str, corpus: Path, out: Path, shard_size: int) -> 
     init = time.perf_counter()
     ray.init(address="local", num_cpus=THREADS, include_dashboard=False, log_to_driver=False)
     init_s = time.perf_counter() - init
+    sampler = _CpuSampler()
     report = embed_corpus(
         corpus,
         out,
@@ -86,7 +87,7 @@ def _worker(name: str, model: str, corpus: Path, out: Path, shard_size: int) -> 
         num_cpus=cpus,
     )
     seconds = time.perf_counter() - start
-    cpu = _cpu_by_role()
+    cpu = sampler.stop()
     ray.shutdown()
     stats = report.engine
     rate, startup = _fit(stats["arrivals"], report.rows)
@@ -101,22 +102,46 @@ def _worker(name: str, model: str, corpus: Path, out: Path, shard_size: int) -> 
     }
 
 
-def _cpu_by_role() -> dict[str, float]:
-    """CPU seconds used so far by this driver, the embedding actors, and the rest of Ray
-    (raylet, GCS, agents, Ray Data's own actors, the shard readers)."""
-    import psutil
+class _CpuSampler:
+    """CPU seconds used by this driver, the embedding actors and the rest of Ray
+    (raylet, GCS, agents, Ray Data's own actors, the shard readers), sampled every
+    0.2 s so that processes which exit before the end (the actors) are counted too."""
 
-    me = psutil.Process()
-    out = {"driver": 0.0, "actors": 0.0, "ray": 0.0}
-    for proc in [me, *me.children(recursive=True)]:
-        try:
-            times = proc.cpu_times()
-            title = " ".join(proc.cmdline())
-        except psutil.Error:
-            continue
-        role = "driver" if proc.pid == me.pid else "actors" if "_Embedder" in title else "ray"
-        out[role] += times.user + times.system
-    return out
+    def __init__(self) -> None:
+        import threading
+
+        self._last: dict[int, tuple[str, float]] = {}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+                title = " ".join(proc.cmdline())
+            except psutil.Error:
+                continue
+            role = "driver" if proc.pid == me.pid else "ray"
+            if "_Embedder" in title or self._last.get(proc.pid, ("",))[0] == "actors":
+                role = "actors"
+            self._last[proc.pid] = (role, times.user + times.system)
+
+    def _run(self) -> None:
+        while not self._done.wait(0.2):
+            self._sample()
+
+    def stop(self) -> dict[str, float]:
+        self._done.set()
+        self._thread.join()
+        self._sample()
+        out = {"driver": 0.0, "actors": 0.0, "ray": 0.0}
+        for role, seconds in self._last.values():
+            out[role] += seconds
+        return out
 
 
 def _fit(arrivals: list[list[float]], rows: int) -> tuple[float, float]:

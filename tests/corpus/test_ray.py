@@ -66,8 +66,12 @@ def _vectors(ds_rows: list[dict[str, Any]]) -> np.ndarray:
     return np.stack([np.asarray(r["embedding"], dtype=np.float32) for r in ds_rows])
 
 
-def test_embed_dataset_equals_in_process_in_order_mock_and_onnx(
-    ray_address: str, minilm_onnx_dir: Path, varied_texts: list[str]
+def test_embed_dataset_and_engine_equal_in_process_in_order_mock_and_onnx(
+    ray_address: str,
+    minilm_onnx_dir: Path,
+    varied_texts: list[str],
+    tmp_path: Path,
+    read_output: Any,
 ) -> None:
     texts = [t for t in varied_texts if t.strip()][:120]
     ids = [f"t{i}" for i in range(len(texts))]
@@ -95,6 +99,18 @@ def test_embed_dataset_equals_in_process_in_order_mock_and_onnx(
         assert json.loads(schema.metadata[b"akidb_embed.fingerprint"])["provider"] == (
             config.provider
         )
+    # embed-corpus --engine ray with the real model: the in-process manager's vectors.
+    corpus = tmp_path / "in.jsonl"
+    corpus.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)))
+    report = embed_corpus(
+        corpus, tmp_path / "out", config=onnx, engine="ray", shard_size=50, concurrency=2
+    )
+    assert report.rows == len(texts)
+    table, vectors = read_output(tmp_path / "out")
+    assert table.column("id").to_pylist() == [str(i) for i in range(len(texts))]
+    with EmbeddingManager.from_config(onnx) as manager:
+        np.testing.assert_allclose(vectors, manager.embed_documents(texts), atol=1e-6)
+
     ds = ray.data.from_items([{"id": "a", "text": "fine"}, {"id": "b", "text": ""}])
     # Ray wraps what an actor raises (RayTaskError); the message carries the typed error.
     with pytest.raises(ray.exceptions.RayTaskError, match=r"BadRowError: row 'b': the text is"):
