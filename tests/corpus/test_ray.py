@@ -26,7 +26,8 @@ import akidb_embed_ray
 from akidb_embed import EmbeddingConfig, EmbeddingManager, MockEmbeddingProvider
 from akidb_embed.cli import main
 from akidb_embed.corpus import embed_corpus, read_embeddings
-from akidb_embed.errors import BadRowError
+from akidb_embed.errors import BadRowError, FingerprintMismatchError
+from akidb_embed.index import Collection
 from akidb_embed_ray import embed_dataset
 
 MOCK = EmbeddingConfig(provider="mock")
@@ -244,3 +245,30 @@ def test_engine_ray_equals_local_and_resumes_after_the_driver_is_killed(
     # The CLI in this process: Ray's progress, summary on stderr.
     assert main([*argv[3:-1]]) == 0  # resumes a complete output: nothing to do
     assert akidb_embed_ray.__version__
+
+
+def test_embed_dataset_output_written_by_ray_is_indexed_with_its_fingerprint(
+    ray_address: str, tmp_path: Path
+) -> None:
+    items = [{"id": f"x{i}", "text": f"text {i} about cats"} for i in range(40)]
+    items[7]["text"] = "   "
+    ds = ray.data.from_items(items, override_num_blocks=2)
+    out = embed_dataset(
+        ds, config=MOCK, id_column="id", on_error="skip", rejects_path=tmp_path / "rejects"
+    )
+    out.write_parquet(str(tmp_path / "vectors"))
+    rejected = [
+        json.loads(line)
+        for path in (tmp_path / "rejects").glob("*.jsonl")
+        for line in path.read_text().splitlines()
+    ]
+    assert [(r["id"], r["reason"]) for r in rejected] == [("x7", "the text is only whitespace")]
+    with EmbeddingManager.from_config(MOCK) as manager:
+        collection = Collection(manager)
+        assert collection.add_embeddings(tmp_path / "vectors").added == 39
+        assert collection.search("text 12 about cats", k=1)[0].id == "x12"
+    with (
+        EmbeddingManager.from_config(provider="mock", options={"seed": 1}) as other,
+        pytest.raises(FingerprintMismatchError, match=r"mock:mock@seed-1.*mock:mock@seed-0"),
+    ):
+        Collection(other).add_embeddings(tmp_path / "vectors")
