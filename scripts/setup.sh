@@ -28,8 +28,9 @@ case "$profile" in
     test)
         mlx_extra=""
         [ "$(uname -s)" = Linux ] && mlx_extra="mlx[cpu]"   # CPU build of MLX on Linux
-        pip install -e ".[index,test,dev]" -e "./src/akidb_embed_onnx[export]" \
+        pip install -e ".[index,test,dev,corpus]" -e "./src/akidb_embed_onnx[export]" \
             -e ./src/akidb_embed_mlx -e ./src/akidb_embed_server -e ./examples/plugin \
+            -e ./src/akidb_embed_ray \
             "sentence-transformers>=3" $mlx_extra
         ;;
     bench)

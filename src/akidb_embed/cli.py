@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
@@ -241,25 +239,11 @@ def _read_texts(args: argparse.Namespace, stdin: TextIO) -> list[str]:
     return lines
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same folder, then rename over *path*."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ._manager import EmbeddingManager
+    from .atomic import atomic_write
 
     texts = _read_texts(args, sys.stdin)
     config = _load_config(args)
@@ -276,7 +260,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     if fmt == "npy":
         if output is None:
             raise UsageError("--format npy needs --output FILE.npy")
-        _atomic_write(output, lambda fh: np.save(fh, vectors, allow_pickle=False))
+        atomic_write(output, lambda fh: np.save(fh, vectors, allow_pickle=False))
     else:
         doc = {
             "model": model,
@@ -289,7 +273,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         if output is None:
             sys.stdout.write(payload.decode("utf-8") + "\n")
         else:
-            _atomic_write(output, lambda fh: fh.write(payload))
+            atomic_write(output, lambda fh: fh.write(payload))
     if output is not None and not args.quiet:
         print(
             f"wrote {len(texts)} vectors of dimension {vectors.shape[1]} to {output}",

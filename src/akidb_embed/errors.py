@@ -13,18 +13,23 @@ from collections.abc import Iterable, Sequence
 
 __all__ = [
     "AkidbEmbedError",
+    "BadRowError",
     "ConfigError",
     "ConfigFileError",
     "ConfigTypeError",
     "ConfigValueError",
+    "CorpusChangedError",
+    "CorpusInputError",
     "DuplicateProviderError",
     "EmbeddingInputError",
+    "EmbeddingsOutputError",
     "ExecutionProviderError",
     "FingerprintMismatchError",
     "IndexBackendNotInstalledError",
     "IndexCorruptedError",
     "IndexInputError",
     "InvalidRequestError",
+    "MissingDependencyError",
     "ModelMismatchError",
     "ModelNotFoundError",
     "ProviderBusyError",
@@ -275,3 +280,40 @@ class UnknownIdError(IndexInputError, KeyError):
 
 class IndexBackendNotInstalledError(AkidbEmbedError, ImportError):
     """The HNSW backend was asked for but hnswlib is not installed."""
+
+
+# --- corpora (embed-corpus, akidb-embed-ray) -------------------------------------------
+
+
+class MissingDependencyError(AkidbEmbedError, ImportError):
+    """A feature needs an optional dependency that is not installed (the message names
+    the ``pip install`` command)."""
+
+
+class CorpusInputError(AkidbEmbedError, ValueError):
+    """A corpus to embed cannot be read: a missing or unreadable file, invalid JSON, a
+    missing id or text field, a column of the wrong type, an unknown engine option."""
+
+
+class BadRowError(CorpusInputError):
+    """A row's text is missing, not a string or empty, and ``on_error`` is ``"raise"``."""
+
+    def __init__(self, row_id: str, shard: int | None, reason: str) -> None:
+        self.row_id = row_id
+        self.shard = shard
+        self.reason = reason
+        where = f" (shard {shard})" if shard is not None else ""
+        super().__init__(
+            f"row {row_id!r}{where}: {reason}. Fix the input, or pass on_error='skip' "
+            "(--on-error skip) to leave such rows out and list them in a rejects file"
+        )
+
+
+class CorpusChangedError(CorpusInputError):
+    """The input or the settings differ from those an existing embedding output was
+    written with: resuming would mix two corpora."""
+
+
+class EmbeddingsOutputError(AkidbEmbedError, ValueError):
+    """A folder is not an embedding output, or one that is incomplete, truncated,
+    corrupted, or of an unknown format version."""

@@ -23,6 +23,8 @@ HEAVY = (
     "httpx",
     "grpc",
     "google.protobuf",
+    "pyarrow",
+    "ray",
 )
 OURS_LAZY = (
     "akidb_embed_onnx",
@@ -30,6 +32,8 @@ OURS_LAZY = (
     "akidb_embed.index",
     "akidb_embed.bridge",
     "akidb_embed.remote",
+    "akidb_embed.corpus",
+    "akidb_embed_ray",
     "akidb_embed.cli",
     "akidb_embed.testing",
     "akidb_embed.pytest_plugin",
@@ -100,3 +104,16 @@ def test_the_old_models_module_is_a_deprecated_alias_of_the_toolkit() -> None:
         models = importlib.import_module("akidb_embed.models")
     assert models.resolve_model is backend.resolve_model
     assert set(models.__all__) == set(backend.__all__)
+
+
+def test_cli_help_and_the_corpus_command_import_no_pyarrow_or_ray() -> None:
+    # --help loads every command (embed-corpus included); the corpus package is lazy.
+    loaded = loaded_after(
+        "import contextlib, io\n"
+        "from akidb_embed.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    main(['--help'])\n"
+        "import akidb_embed.corpus, akidb_embed_ray\n"
+    )
+    assert "akidb_embed.corpus._cli" in loaded
+    assert offenders(loaded, ("pyarrow", "ray", "onnxruntime", "torch")) == []

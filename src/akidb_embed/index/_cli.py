@@ -44,7 +44,13 @@ def register_index(subparsers: Any) -> None:
             "same folder skips texts already indexed, so an interrupted build resumes."
         ),
     )
-    build.add_argument("source", help="file or folder of texts")
+    build.add_argument("source", nargs="?", help="file or folder of texts")
+    build.add_argument(
+        "--from-embeddings",
+        metavar="OUT",
+        help="index the vectors of an `akidb-embed embed-corpus` output instead of "
+        "embedding SOURCE (the model is the one OUT records; its fingerprint is checked)",
+    )
     build.add_argument("--out", required=True, metavar="DIR", help="index folder to write")
     build.add_argument("--space", choices=["cosine", "ip", "l2"], default="cosine")
     build.add_argument(
@@ -90,9 +96,13 @@ def register_search(subparsers: Any) -> None:
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from .._manager import EmbeddingManager
-    from ..cli import _load_config
+    from ..cli import UsageError, _load_config
     from ._collection import Collection
 
+    if (args.source is None) == (args.from_embeddings is None):
+        raise UsageError("index build takes SOURCE or --from-embeddings OUT (one of them)")
+    if args.from_embeddings is not None:
+        return _build_from_embeddings(args)
     source = Path(args.source)
     records = list(read_corpus(source))
     if not records:
@@ -119,6 +129,32 @@ def _cmd_build(args: argparse.Namespace) -> int:
             f"indexed {len(records)} texts into {args.out} in {time.perf_counter() - start:.1f} s: "
             f"{report.added} added, {report.updated} updated, {report.skipped} unchanged; "
             f"{total} in the index",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _build_from_embeddings(args: argparse.Namespace) -> int:
+    from .._manager import EmbeddingManager
+    from ..corpus import read_embeddings
+    from ._collection import Collection
+
+    start = time.perf_counter()
+    output = read_embeddings(args.from_embeddings)
+    config = search_config(
+        output.embedding_config or {}, _overrides(args), getattr(args, "config", None)
+    )
+    with EmbeddingManager.from_config(config) as manager:
+        collection = Collection(
+            manager, args.out, space=args.space, checkpoint_every=args.checkpoint_every
+        )
+        report = collection.add_embeddings(output, progress=not args.quiet)
+        total = len(collection)
+    if not args.quiet:
+        print(
+            f"indexed the embeddings of {args.from_embeddings} into {args.out} in "
+            f"{time.perf_counter() - start:.1f} s: {report.added} added, {report.updated} "
+            f"updated, {report.skipped} unchanged; {total} in the index",
             file=sys.stderr,
         )
     return 0
@@ -232,13 +268,13 @@ def search_config(
     """The configuration ``search`` embeds queries with.
 
     Precedence: *overrides* (the command line) > the embedding identity recorded in the
-    index (see :func:`~akidb_embed.index._collection.embedding_identity`; nothing else
+    index (see :func:`~akidb_embed.fingerprint.embedding_identity`; nothing else
     of *stored* is read) > the user's environment and configuration file > defaults.
     Options from the file or environment apply only when they are for the provider
     that ends up chosen.
     """
     from .._config import EmbeddingConfig
-    from ._collection import embedding_identity
+    from ..fingerprint import embedding_identity
 
     identity = embedding_identity(stored)
     recorded_options = identity.pop("options")

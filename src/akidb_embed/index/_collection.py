@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,37 +15,24 @@ import numpy as np
 
 from .._manager import validate_texts
 from ..errors import IndexInputError
-from ._fingerprint import check_fingerprint, manager_fingerprint
+from ..fingerprint import (
+    check_fingerprint,
+    embedding_identity,
+    manager_fingerprint,
+    recorded_identity,
+)
 from ._results import Record
 from ._storage import POINTER, check_new_folder
 from ._vector_index import VectorIndex
 
 if TYPE_CHECKING:
     from .._manager import EmbeddingManager
+    from ..corpus import EmbeddingsOutput
 
 __all__ = ["AddReport", "Collection", "embedding_identity"]
 
 COLLECTION_FORMAT = 1
 _PROGRESS_FROM = 1000
-
-# What a saved collection records about its embedding (``embedding_config``), and all
-# that ``akidb-embed search`` takes from it: a saved folder may come from anyone, so
-# nothing that runs code (python_path, options.imports), carries secrets (options.env,
-# tokens) or points at the builder's machine (cache_dir) is written or read back. An
-# option is kept only when it is listed here and is a plain JSON scalar.
-IDENTITY_FIELDS = ("provider", "model", "max_length", "normalize", "truncation")
-IDENTITY_OPTIONS = (
-    "target",  # python-bridge: the provider its worker runs
-    "revision",
-    "onnx_file",
-    "dtype",
-    "pooling",
-    "padding_side",
-    "query_instruction",
-    "dimension",  # mock
-    "seed",  # mock
-    "max_tokens",  # mock
-)
 
 
 @dataclass(frozen=True)
@@ -134,7 +121,7 @@ class Collection:
             )
             self._index.attributes["collection"] = {"format": COLLECTION_FORMAT}
         # Enough to rebuild the manager from the saved folder (``akidb-embed search``).
-        self._index.attributes["embedding_config"] = _recorded_identity(manager)
+        self._index.attributes["embedding_config"] = recorded_identity(manager)
 
     # -- properties ----------------------------------------------------------------------
 
@@ -276,6 +263,98 @@ class Collection:
             self._index.save(self._path)
         return AddReport(added, updated, skipped)
 
+    def add_embeddings(
+        self, source: str | os.PathLike[str] | EmbeddingsOutput, *, progress: bool | None = None
+    ) -> AddReport:
+        """Index vectors embedded earlier, without embedding again.
+
+        *source* is an ``akidb-embed embed-corpus`` output folder (or Parquet files with
+        an embedding fingerprint in their schema metadata, as ``embed_dataset`` writes
+        them), or what :func:`akidb_embed.corpus.read_embeddings` returned. Its
+        ``id`` column gives the ids, the text column the texts, ``sha256`` their hashes
+        and the other columns (but the vectors) each row's metadata. As in :meth:`add`,
+        rows already indexed unchanged are skipped, and with a *path* the collection is
+        saved after each file, so an interrupted build resumes.
+
+        Raises
+        ------
+        FingerprintMismatchError
+            The vectors come from another embedding than this collection's (the
+            message names both).
+        EmbeddingsOutputError
+            *source* is not a complete, intact embeddings folder.
+        IndexInputError
+            An id appears twice.
+        """
+        from ..corpus import EmbeddingsOutput, read_embeddings
+
+        output = source if isinstance(source, EmbeddingsOutput) else read_embeddings(source)
+        check_fingerprint(
+            self._fingerprint, output.fingerprint, f"index the embeddings in {output.root}"
+        )
+        added = updated = skipped = 0
+        seen: set[str] = set()
+        show = progress if progress is not None else output.rows > _PROGRESS_FROM
+        with _progress(output.rows if show else 0, show) as advance:
+            for table in output.tables():
+                report = self._add_table(table, output.output_column, output.text_field, seen)
+                added, updated, skipped = (
+                    added + report.added,
+                    updated + report.updated,
+                    skipped + report.skipped,
+                )
+                if self._path is not None and (report.added or report.updated):
+                    self._index.save(self._path)
+                advance(table.num_rows)
+        return AddReport(added, updated, skipped)
+
+    def _add_table(
+        self, table: Any, vector_column: str, text_field: str | None, seen: set[str]
+    ) -> AddReport:
+        names = table.column_names
+        text_field = text_field or "text"
+        for needed in ("id", text_field, vector_column):
+            if needed not in names:
+                raise IndexInputError(f"the embeddings have no {needed!r} column")
+        ids = [str(i) for i in table.column("id").to_pylist()]
+        texts = table.column(text_field).to_pylist()
+        hashes = (
+            table.column("sha256").to_pylist()
+            if "sha256" in names
+            else [content_hash(t) for t in texts]
+        )
+        column = table.column(vector_column).combine_chunks()
+        vectors = column.flatten().to_numpy(zero_copy_only=False).reshape(len(ids), -1)
+        others = [n for n in names if n not in ("id", text_field, "sha256", vector_column)]
+        # A null is a field the row does not have (rows of different files share columns).
+        rows = [
+            {k: v for k, v in row.items() if v is not None} or None
+            for row in (table.select(others).to_pylist() if others else [{}] * len(ids))
+        ]
+        take: list[int] = []
+        added = updated = skipped = 0
+        for i, id_ in enumerate(ids):
+            if id_ in seen:
+                raise IndexInputError(f"the embeddings hold id {id_!r} more than once")
+            seen.add(id_)
+            stored = self._index.get(id_).metadata if id_ in self._index else None
+            if stored is None:
+                added += 1
+            elif stored.get("sha256") != hashes[i] or stored.get("metadata") != rows[i]:
+                updated += 1
+            else:
+                skipped += 1
+                continue
+            take.append(i)
+        if take:
+            self._index.upsert(
+                [ids[i] for i in take],
+                vectors[take],
+                [{"text": texts[i], "sha256": hashes[i], "metadata": rows[i]} for i in take],
+                fingerprint=self._fingerprint,
+            )
+        return AddReport(added, updated, skipped)
+
     def _embed_documents(
         self, texts: list[str], show: bool, advance: Callable[[int], None]
     ) -> np.ndarray:
@@ -349,35 +428,6 @@ class Collection:
         """``(id, text)`` of every stored text, in insertion order."""
         for id_ in self._index.ids():
             yield id_, self._index.get(id_).metadata["text"]
-
-
-def embedding_identity(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The keys of an embedding configuration that identify the embedding, and only those.
-
-    *config* is an :meth:`EmbeddingConfig.to_dict` or a saved ``embedding_config``
-    (possibly written by an older version, or by someone else): only
-    :data:`IDENTITY_FIELDS` and the :data:`IDENTITY_OPTIONS` whose values are JSON
-    scalars are kept; ``python_path``, ``cache_dir``, ``options.env``,
-    ``options.imports`` and anything unknown are dropped.
-    """
-    identity = {k: config[k] for k in IDENTITY_FIELDS if k in config}
-    options = config.get("options")
-    options = options if isinstance(options, Mapping) else {}
-    identity["options"] = {
-        k: v
-        for k, v in options.items()
-        if k in IDENTITY_OPTIONS and (v is None or isinstance(v, (str, int, float, bool)))
-    }
-    return identity
-
-
-def _recorded_identity(manager: EmbeddingManager) -> dict[str, Any]:
-    identity = embedding_identity(manager.config.to_dict())
-    model = identity.get("model")
-    # A relative model folder would not be found from another working directory.
-    if isinstance(model, str) and not Path(model).is_absolute() and Path(model).exists():
-        identity["model"] = str(Path(model).resolve())
-    return identity
 
 
 @contextmanager

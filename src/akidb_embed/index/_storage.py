@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..atomic import fsync_dir, fsync_file, write_synced
 from ..errors import IndexCorruptedError, IndexInputError
 
 __all__ = [
@@ -59,23 +60,6 @@ def _sha256_file(path: Path) -> tuple[str, int]:
             digest.update(chunk)
             size += len(chunk)
     return digest.hexdigest(), size
-
-
-def _fsync_file(path: Path) -> None:
-    with path.open("rb+") as fh:
-        os.fsync(fh.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    # Directory entries (renames, new files) are only durable once the directory is
-    # fsynced; Windows cannot open a directory for that and orders metadata itself.
-    if os.name != "posix":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -158,7 +142,7 @@ def save_version(
             for filename, write in files.items():
                 path = tmp / filename
                 write(path)
-                _fsync_file(path)
+                fsync_file(path)
                 digest, size = _sha256_file(path)
                 entries[filename] = {"sha256": digest, "size": size}
             body = {
@@ -168,22 +152,22 @@ def save_version(
                 "files": entries,
             }
             manifest_bytes = json.dumps(body, indent=2, sort_keys=True).encode("utf-8")
-            _write_synced(tmp / MANIFEST, manifest_bytes)
-            _fsync_dir(tmp)
+            write_synced(tmp / MANIFEST, manifest_bytes)
+            fsync_dir(tmp)
             os.rename(tmp, final)
-            _fsync_dir(root)
+            fsync_dir(root)
             pointer = {
                 "version": name,
                 "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
             }
             pointer_tmp = root / f".{POINTER}.{secrets.token_hex(4)}.tmp"
-            _write_synced(pointer_tmp, json.dumps(pointer).encode("utf-8"))
+            write_synced(pointer_tmp, json.dumps(pointer).encode("utf-8"))
             try:
                 os.replace(pointer_tmp, root / POINTER)
             except BaseException:
                 pointer_tmp.unlink(missing_ok=True)
                 raise
-            _fsync_dir(root)
+            fsync_dir(root)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             if _read_pointer_quietly(root) != name:
@@ -233,13 +217,6 @@ def _read_pointer_quietly(root: Path) -> str | None:
     except IndexCorruptedError:
         return None
     return pointer["version"] if pointer else None
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with path.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def _remove_stale(root: Path, keep: str) -> None:
