@@ -31,6 +31,8 @@ case "$profile" in
         pip install -e ".[index,test,dev]" -e "./src/akidb_embed_onnx[export]" \
             -e ./src/akidb_embed_mlx -e ./src/akidb_embed_server -e ./examples/plugin \
             "sentence-transformers>=3" $mlx_extra
+        # The framework integrations, with what their tests need (langchain-tests).
+        pip install -e "./integrations/langchain-akidb-embed[test]"
         ;;
     bench)
         bash "$0" test
