@@ -33,7 +33,7 @@ case "$profile" in
             "sentence-transformers>=3" $mlx_extra
         # The framework integrations, with what their tests need (langchain-tests).
         pip install -e "./integrations/langchain-akidb-embed[test]" \
-            -e ./integrations/llama-index-embeddings-akidb-embed
+            -e ./integrations/llama-index-embeddings-akidb-embed -e ./integrations/akidb-embed-chroma
         ;;
     bench)
         bash "$0" test
