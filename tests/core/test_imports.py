@@ -21,6 +21,10 @@ HEAVY = (
     "uvicorn",
     "starlette",
     "httpx",
+    # the framework integrations' frameworks (integrations/)
+    "langchain_core",
+    "llama_index",
+    "chromadb",
 )
 OURS_LAZY = (
     "akidb_embed_onnx",
