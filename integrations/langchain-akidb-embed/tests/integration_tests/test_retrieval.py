@@ -12,7 +12,7 @@ from langchain_core.vectorstores import InMemoryVectorStore
 
 
 def test_in_memory_vector_store_finds_the_answer_with_the_real_model(
-    minilm_onnx_dir: Path, corpus: list[str], paraphrases: dict[str, str]
+    minilm_onnx_dir: Path, corpus: list[str], paraphrases: dict[str, str], no_network: list[object]
 ) -> None:
     with AkidbEmbeddings(provider="onnx", model=str(minilm_onnx_dir)) as embeddings:
         store = InMemoryVectorStore(embedding=embeddings)
