@@ -125,7 +125,7 @@ def test_async_runs_on_the_managers_threads_and_never_blocks_the_loop() -> None:
 
         start = time.perf_counter()
         ticks = asyncio.run(main())
-    assert time.perf_counter() - start >= 0.4 and ticks >= 15
+    assert time.perf_counter() - start >= 0.4 and ticks >= 5
     assert threads and all(t.startswith("akidb-embed") for t in threads)
 
 

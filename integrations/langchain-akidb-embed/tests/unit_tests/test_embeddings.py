@@ -163,8 +163,9 @@ def test_async_runs_on_the_managers_threads_and_never_blocks_the_loop() -> None:
         start = time.perf_counter()
         ticks, docs, query = asyncio.run(main())
         elapsed = time.perf_counter() - start
-    # Two 0.2 s provider calls, one at a time (max_concurrency=1): the loop kept ticking.
-    assert elapsed >= 0.4 and ticks >= 15, (elapsed, ticks)
+    # Two 0.2 s provider calls, one at a time (max_concurrency=1); a blocked loop would tick
+    # once or twice in that time (every 10 ms otherwise).
+    assert elapsed >= 0.4 and ticks >= 5, (elapsed, ticks)
     assert len(docs) == 1 and len(query) == 384
     # The manager's own workers, not the loop's default executor (run_in_executor).
     assert recorder.threads and all(t.startswith("akidb-embed") for t in recorder.threads)
