@@ -33,15 +33,15 @@ def test_the_table_has_three_lines_per_framework() -> None:
 
 
 @pytest.mark.parametrize("framework", ["LangChain", "LlamaIndex", "Chroma"])
-def test_the_lines_run(framework: str, minilm_onnx_dir: Path, no_network: list[object]) -> None:
+def test_the_lines_run(
+    framework: str, minilm_onnx_dir: Path, tmp_path: Path, no_network: list[object]
+) -> None:
     import chromadb
     from chromadb.config import Settings
     from langchain_core.vectorstores import InMemoryVectorStore
     from llama_index.core import Document, VectorStoreIndex
 
-    client = chromadb.EphemeralClient(
-        settings=Settings(anonymized_telemetry=False, allow_reset=True)
-    )
+    client = chromadb.PersistentClient(str(tmp_path), settings=Settings(anonymized_telemetry=False))
     namespace: dict[str, Any] = {
         "MODEL": str(minilm_onnx_dir),
         "texts": TEXTS,
@@ -53,11 +53,8 @@ def test_the_lines_run(framework: str, minilm_onnx_dir: Path, no_network: list[o
     }
     *setup, last = rows()[framework]
     *statements, expression = re.split(r";\s*", last)
-    try:
-        exec("\n".join([*setup, *statements]), namespace)
-        result = eval(expression, namespace)
-    finally:
-        client.reset()
+    exec("\n".join([*setup, *statements]), namespace)
+    result = eval(expression, namespace)
     if framework == "Chroma":
         result = result["documents"][0]
     assert len(result) == 3

@@ -36,20 +36,25 @@ from akidb_embed.errors import (
     TruncationError,
 )
 
-SETTINGS = Settings(anonymized_telemetry=False, allow_reset=True)
+
+def settings() -> Settings:
+    # A fresh object each time: PersistentClient writes its path into the one it is given.
+    return Settings(anonymized_telemetry=False, allow_reset=True)
+
+
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "chroma_search.py"
 TEXTS = ["the cat sat on the mat", "stock prices fell sharply", "a recipe for tomato soup"]
 
 
 @pytest.fixture
 def client() -> Iterator[Any]:
-    client = chromadb.EphemeralClient(settings=SETTINGS)
+    client = chromadb.EphemeralClient(settings=settings())
     yield client
     client.reset()  # the ephemeral system is shared within the process
 
 
 def persistent(path: Path) -> Any:
-    return chromadb.PersistentClient(str(path), settings=SETTINGS)
+    return chromadb.PersistentClient(str(path), settings=settings())
 
 
 class PromptedMock(MockEmbeddingProvider):
