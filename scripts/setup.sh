@@ -32,6 +32,9 @@ case "$profile" in
             -e ./src/akidb_embed_mlx -e ./src/akidb_embed_server -e ./examples/plugin \
             -e ./src/akidb_embed_ray \
             "sentence-transformers>=3" $mlx_extra
+        # The framework integrations, with what their tests need (langchain-tests).
+        pip install -e "./integrations/langchain-akidb-embed[test]" \
+            -e ./integrations/llama-index-embeddings-akidb-embed -e ./integrations/akidb-embed-chroma
         ;;
     bench)
         bash "$0" test

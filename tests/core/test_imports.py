@@ -25,6 +25,10 @@ HEAVY = (
     "google.protobuf",
     "pyarrow",
     "ray",
+    # the framework integrations' frameworks (integrations/)
+    "langchain_core",
+    "llama_index",
+    "chromadb",
 )
 OURS_LAZY = (
     "akidb_embed_onnx",

@@ -20,7 +20,13 @@ CORE = "akidb_embed"
 
 def _backend_folders() -> list[Path]:
     folders = sorted(p for p in (ROOT / "src").glob(f"{CORE}_*") if p.is_dir())
-    return [*folders, ROOT / "examples" / "plugin" / "src"]
+    # The framework integrations (their packages, not their tests).
+    integrations = sorted(
+        p
+        for p in (ROOT / "integrations").glob("*/*")
+        if p.is_dir() and p.name != "tests" and not p.name.startswith(("_", "."))
+    )
+    return [*folders, ROOT / "examples" / "plugin" / "src", *integrations]
 
 
 def _is_private_name(name: str) -> bool:
