@@ -148,6 +148,13 @@ def uid_of(pid: int) -> int | None:
     return None
 
 
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def alive(pid: int, start: int) -> bool:
     st = _stat(pid)
     return st is not None and st[1] == start  # the same process, not a reused pid
@@ -506,6 +513,9 @@ def check_service(run: ServiceRun, expected: np.ndarray) -> dict[str, Any]:
                 f"{name}: no bridge worker on {python_path}: {tree}",
             )
         figures = probe(run, expected, hosted)
+        figures["peak_rss_mib"] = {
+            " ".join(cmdline(p)[1:3]): peak_rss_mib(p) for p in [pid, *descendants(pid)]
+        }
         check_healthchecks(run)
         _, stop_s = check_drain(run)
         check(not run.leftovers(), f"{name}: left running: {run.leftovers()}")
@@ -524,7 +534,8 @@ def check_service(run: ServiceRun, expected: np.ndarray) -> dict[str, Any]:
         f"after the server process started), vectors = in-process "
         f"(max |d| {figures['max_abs_diff']:.1e}), /v1/embeddings, /metrics, healthchecks, "
         f"{len(lines)} JSON log lines, drained and exited 0 in {stop_s:.2f} s on SIGTERM, "
-        "nothing left"
+        "nothing left; peak RSS MiB: "
+        + ", ".join(f"{k} {v:.0f}" for k, v in figures["peak_rss_mib"].items())
     )
     return {"ready_s": ready, "process_ready_s": process_ready, "stop_s": stop_s, **figures}
 

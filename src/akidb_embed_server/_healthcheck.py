@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from akidb_embed.cli import UsageError
+from akidb_embed.errors import ConfigValueError
 
 __all__ = ["probe_url", "register"]
 
@@ -44,10 +44,17 @@ def register(subparsers: Any) -> None:
         help="probe GET /health (liveness: up, even while loading) instead of /ready",
     )
     parser.add_argument(
-        "--timeout", type=float, default=3.0, metavar="S", help="seconds (default 3)"
+        "--timeout", type=_positive, default=3.0, metavar="S", help="seconds (default 3)"
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing")
     parser.set_defaults(func=_run)
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
 
 
 def probe_url(host: str, port: int, path: str = "/ready") -> str:
@@ -56,8 +63,6 @@ def probe_url(host: str, port: int, path: str = "/ready") -> str:
     A wildcard address (``0.0.0.0``, ``::``) is reached through loopback; an IPv6
     address is bracketed.
     """
-    if port == 0:
-        raise UsageError("the server's port is 0 (chosen by the OS at start): give --url")
     host = _LOOPBACK.get(host, host)
     try:
         if ipaddress.ip_address(host).version == 6:
@@ -70,10 +75,11 @@ def probe_url(host: str, port: int, path: str = "/ready") -> str:
 def _run(args: argparse.Namespace) -> int:
     from ._settings import ServerSettings
 
-    if args.timeout <= 0:
-        raise UsageError(f"--timeout must be > 0, got {args.timeout:g}")
     path = "/health" if args.live else "/ready"
     settings = ServerSettings.load(args.config)
+    if args.url is None and settings.port == 0:
+        message = "is 0 (the OS picks the port when the server starts): give --url"
+        raise ConfigValueError("port", message, settings.source("port"))
     url = args.url or probe_url(settings.host, settings.port, path)
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
     if settings.api_keys:

@@ -92,3 +92,12 @@ def test_the_old_models_module_is_a_deprecated_alias_of_the_toolkit() -> None:
         models = importlib.import_module("akidb_embed.models")
     assert models.resolve_model is backend.resolve_model
     assert set(models.__all__) == set(backend.__all__)
+
+
+def test_healthcheck_command_pulls_nothing_heavy() -> None:
+    # The container runs it every few seconds: no web framework, model runtime or client.
+    loaded = loaded_after(
+        "from akidb_embed.cli import build_parser\nbuild_parser('healthcheck')\n"
+        "import akidb_embed_server._healthcheck\n"
+    )
+    assert offenders(loaded, HEAVY) == []
