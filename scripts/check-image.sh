@@ -24,7 +24,7 @@ packages=python3,python3-venv,ca-certificates
 start=$(date +%s)
 step_start=$start
 steps=()
-step() { local now; now=$(date +%s); steps+=("$1 $(( now - step_start ))"); step_start=$now; }
+step() { local now; now=$(date +%s); steps+=("$1=$(( now - step_start ))"); step_start=$now; }
 
 if [ "$(id -u)" != 0 ]; then
     echo "check-image: needs root (debootstrap, buildah's chroot isolation)" >&2

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import subprocess
 from importlib import resources
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -242,3 +243,24 @@ def test_docs_name_every_variable_and_service(compose, image):
         assert name in docs
     readme = (ROOT / "README.md").read_text()
     assert "docs/container.md" in readme and "docker compose up" in readme
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--arch", "sparc64"], "unsupported --arch sparc64"),
+        (["--python-version", "3"], "--python-version must look like 3.11"),
+        (["--platform", "linux"], "unknown argument: --platform"),
+    ],
+)
+def test_make_wheelhouse_refuses_bad_arguments(args, message, tmp_path):
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "make-wheelhouse.sh"), "--out", str(tmp_path / "w"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert not (tmp_path / "w").exists()  # nothing made, nothing removed
