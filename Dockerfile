@@ -15,7 +15,8 @@ COPY wheelhouse/ /wheelhouse/
 # /opt/venv: the server, the core and the ONNX backend (onnxruntime, tokenizers; no torch,
 # no export tooling). /opt/bridge: a second interpreter with the core and the ONNX backend
 # only, for the python-bridge provider (python_path=/opt/bridge/bin/python). Files the two
-# have in common (onnxruntime's and numpy's libraries) become hard links, stored once.
+# have in common (onnxruntime's and numpy's libraries) become hard links, stored once; not
+# the .py files, whose .pyc is valid only for their own modification time.
 RUN python3 -c "import platform, sys; \
 target = dict(line.split('=', 1) for line in open('/wheelhouse/TARGET').read().split()); \
 have = {'python': '%d.%d' % sys.version_info[:2], 'machine': platform.machine()}; \

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import copy
 import json
+import platform
 import re
+import shlex
 import subprocess
+import sys
 from importlib import resources
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -264,3 +267,28 @@ def test_make_wheelhouse_refuses_bad_arguments(args, message, tmp_path):
     assert done.returncode == 2
     assert message in done.stderr
     assert not (tmp_path / "w").exists()  # nothing made, nothing removed
+
+
+@pytest.mark.parametrize(
+    ("target", "error"),
+    [
+        (None, None),
+        ("python=3.9 machine={machine}", "--python-version {python} --arch {machine}"),
+        ("python={python} machine=riscv64", "the wheelhouse was made for"),
+    ],
+)
+def test_build_refuses_a_wheelhouse_for_another_python(image, tmp_path, target, error):
+    # The first command of the build stage's RUN, run here against a TARGET file.
+    run = next(c for c in image["all"] if c.cmd == "RUN" and "/wheelhouse/TARGET" in c.value[0])
+    argv = shlex.split(run.value[0].split(" && ")[0])
+    assert argv[:2] == ["python3", "-c"]
+    have = {"python": "{}.{}".format(*sys.version_info[:2]), "machine": platform.machine()}
+    target = target or "python={python} machine={machine}"
+    (tmp_path / "TARGET").write_text(target.format(**have) + "\n")
+    code = argv[2].replace("/wheelhouse/TARGET", str(tmp_path / "TARGET"))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    if error is None:
+        assert done.returncode == 0, done.stderr
+    else:
+        assert done.returncode == 1
+        assert error.format(**have) in done.stderr
