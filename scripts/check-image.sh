@@ -109,7 +109,15 @@ step run
 [ -z "$($buildah containers --quiet)" ] || { echo "check-image: containers left" >&2; exit 1; }
 ! grep -q " $work/" /proc/mounts || { echo "check-image: mounts left" >&2; exit 1; }
 
-ready=$("$python" -c 'import json, sys; d = json.load(open(sys.argv[1])); print(", ".join(f"{k} {v[\"ready_s\"]:.2f} s" for k, v in d.items()))' "$work/summary.json")
+ready=$("$python" - "$work/summary.json" <<'EOF'
+import json, sys
+runs = json.load(open(sys.argv[1]))
+print(", ".join(f"{name} {run['ready_s']:.2f} s" for name, run in runs.items()))
+EOF
+)
 echo "image: $size (base $base_size; goal <= 600 MB, no torch), ready after start: $ready (goal <= 3 s)"
+# The size is deterministic, so it is a gate; the ready time depends on the machine's load
+# and is reported only (benchmarks, not CI, judge speed).
+"$python" -c 'import re, sys; n, unit = re.fullmatch(r"([\d.]+) ?([kMG]?B)", sys.argv[1]).groups(); mb = float(n) * {"kB": 1e-3, "MB": 1, "GB": 1e3, "B": 1e-6}[unit]; sys.exit(None if mb <= 600 else f"check-image: the image is {mb:.0f} MB, over the 600 MB goal")' "$size"
 echo "steps (s): ${steps[*]}"
 echo "check-image finished in $(( $(date +%s) - start )) s"
