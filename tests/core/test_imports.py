@@ -121,3 +121,12 @@ def test_cli_help_and_the_corpus_command_import_no_pyarrow_or_ray() -> None:
     )
     assert "akidb_embed.corpus._cli" in loaded
     assert offenders(loaded, ("pyarrow", "ray", "onnxruntime", "torch")) == []
+
+
+def test_healthcheck_command_pulls_nothing_heavy() -> None:
+    # The container runs it every few seconds: no web framework, model runtime or client.
+    loaded = loaded_after(
+        "from akidb_embed.cli import build_parser\nbuild_parser('healthcheck')\n"
+        "import akidb_embed_server._healthcheck\n"
+    )
+    assert offenders(loaded, HEAVY) == []
