@@ -5,9 +5,10 @@ For each service of docker-compose.yaml: ``buildah run`` the image's own command
 capabilities, on a free loopback port with the host's network; then from the host:
 ``/ready`` (timed from the start), ``POST /api/v1/embed`` and ``/v1/embeddings`` (the
 ``openai`` client) against the host's in-process vectors, ``/metrics`` (prometheus-client's
-parser), the image's HEALTHCHECK and the service's compose healthcheck run inside the
-container, JSON log lines; then SIGTERM to the server process during a large request (it
-must be answered: graceful drain), exit status 0, no process left, and the healthcheck
+parser), gRPC's standard health service and ``Embed`` (the committed stubs) on the gRPC
+port, the image's HEALTHCHECK and the service's compose healthcheck run inside the container,
+JSON log lines; then SIGTERM to the server process during a large request (it must be
+answered: graceful drain), exit status 0, no process left, and the healthcheck
 failing once it is gone. Also checks what the image holds (no torch, no export tooling;
 a second interpreter without the web stack) and that compose and the image agree.
 
@@ -40,7 +41,6 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from akidb_embed import EmbeddingManager
-from akidb_embed_server import ServerSettings
 
 READY_TIMEOUT = 120.0
 STOP_TIMEOUT = 60.0
@@ -232,8 +232,7 @@ class ServiceRun:
         # Loopback only and a free port: other servers run on this machine. The image's
         # default 0.0.0.0 is for a container's own network namespace.
         env |= {"AKIDB_SERVER_HOST": "127.0.0.1", "AKIDB_SERVER_PORT": str(self.port)}
-        if "grpc_port" in ServerSettings.fields():  # once the gRPC server is merged
-            env["AKIDB_SERVER_GRPC_PORT"] = str(free_port())
+        env["AKIDB_SERVER_GRPC_PORT"] = str(free_port())
         self.env = env
         self.options = [
             "-v",
@@ -365,7 +364,35 @@ def probe(run: ServiceRun, expected: np.ndarray, provider: str) -> dict[str, Any
         check(info and info[0].get("provider") == provider, f"model info: {info}")
         texts = [s.value for s in samples if s.name == "akidb_embed_texts_total"]
         check(texts == [len(TEXTS) + 8], f"akidb_embed_texts_total {texts}")
+    figures.update(probe_grpc(run, expected))
     return figures
+
+
+def probe_grpc(run: ServiceRun, expected: np.ndarray) -> dict[str, Any]:
+    """The gRPC side of the same process: the standard health service answers SERVING
+    (overall and for the Embedder service), and ``Embed`` gives the host's vectors."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from akidb_embed_server.proto import embed_pb2, embed_pb2_grpc
+
+    port = run.env.get("AKIDB_SERVER_GRPC_PORT")
+    check(port, "the gRPC port is not set for the run")
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "akidb.embed.v1.Embedder"):
+            status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            serving = status.status == health_pb2.HealthCheckResponse.SERVING
+            check(serving, f"gRPC health {service or '(server)'}: {status.status}")
+        answer = embed_pb2_grpc.EmbedderStub(channel).Embed(
+            embed_pb2.EmbedRequest(inputs=TEXTS), timeout=60
+        )
+    got = np.asarray([list(e.values) for e in answer.embeddings], dtype=np.float32)
+    check(got.shape == expected.shape, f"gRPC Embed shape {got.shape} != {expected.shape}")
+    diff = float(np.abs(got - expected).max())
+    check(diff <= 1e-5, f"gRPC Embed vectors differ from in-process: max |d| {diff}")
+    check(answer.usage.truncated == 1, f"gRPC usage: {answer.usage}")
+    return {"grpc_max_abs_diff": diff}
 
 
 def check_healthchecks(run: ServiceRun) -> None:
