@@ -16,18 +16,21 @@ import numpy as np
 
 from akidb_embed import EmbeddingConfig, ModelInfo, ProviderCapabilities
 from akidb_embed.backend import (
+    DEFAULT_ONNX_FILES,
     SentenceTransformerSpec,
-    TokenCounter,
+    TextEncoder,
     available_cores,
+    check_encoder_inputs,
     check_max_length,
     check_options,
-    check_token_ids,
-    check_truncation,
+    encoder_feed,
     int_option,
-    load_tokenizer,
     normalize_rows,
-    open_model,
+    open_onnx_model,
+    pad_rows,
+    pick_output,
     pool,
+    run_sorted,
     str_option,
 )
 from akidb_embed.errors import (
@@ -38,12 +41,9 @@ from akidb_embed.errors import (
 )
 
 if TYPE_CHECKING:
-    from tokenizers import Encoding, Tokenizer
+    from tokenizers import Tokenizer
 
 __all__ = ["DEFAULT_ONNX_FILES", "EXECUTION_PROVIDER_ALIASES", "OnnxEmbeddingProvider"]
-
-#: Where an ONNX file is looked for when the ``onnx_file`` option does not name one.
-DEFAULT_ONNX_FILES: tuple[str, ...] = ("onnx/model.onnx", "model.onnx")
 
 #: Short names accepted in the ``execution_providers`` option.
 EXECUTION_PROVIDER_ALIASES: dict[str, str] = {
@@ -79,12 +79,6 @@ _CPU_CONCURRENT_BATCH = 2
 # onnxruntime's CPU SkipLayerNormalization kernel is slower than the LayerNormalization + Add
 # it fuses; other execution providers keep the fusion.
 _CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
-# Encodings count_tokens keeps for the embed call that follows it (each at most
-# max_length ids: uncut texts only).
-_HANDOFF_LIMIT = 4096
-_EXPORT_HINT = (
-    "Make an ONNX folder from a safetensors model with: akidb-embed export {model} --out DIR"
-)
 
 
 def _execution_providers(value: Any) -> list[tuple[str, dict[str, Any]]]:
@@ -215,22 +209,11 @@ class OnnxEmbeddingProvider:
                     "options.execution_providers; akidb-embed never falls back to the CPU."
                 )
 
-        candidates = (onnx_file, f"onnx/{onnx_file}") if onnx_file else DEFAULT_ONNX_FILES
-        self._resolved, spec = open_model(
-            self.config,
-            "onnx",
-            revision=revision,
-            # "*" also takes external weights (model.onnx_data, model.onnx.data).
-            files=["vocab.txt", *(c + "*" for c in candidates)],
-            required=[tuple(candidates), ("tokenizer.json", "*/tokenizer.json")],
-            missing_hint=(
-                f"It has no ONNX file ({' or '.join(candidates)}): set options.onnx_file to "
-                "the one it ships, or " + _EXPORT_HINT.format(model=self.config.model) + "."
-            ),
+        self._resolved, spec, self._onnx_path = open_onnx_model(
+            self.config, "onnx", onnx_file=onnx_file, revision=revision
         )
         self._spec = spec
         root = self._resolved.path
-        self._onnx_path = next(root / c for c in candidates if (root / c).is_file())
 
         self._max_length = check_max_length(
             self.config.max_length,
@@ -238,18 +221,13 @@ class OnnxEmbeddingProvider:
             default=spec.max_seq_length,
             source=self.config.source("max_length"),
         )
-        tokenizer = load_tokenizer(
-            root / spec.transformer_dir, self._max_length, do_lower_case=spec.do_lower_case
+        self._texts = TextEncoder(
+            root / spec.transformer_dir,
+            self._max_length,
+            do_lower_case=spec.do_lower_case,
+            truncation=self.config.truncation,
         )
-        padding = tokenizer.padding or {}
-        self._pad_id = int(padding.get("pad_id", 0))
-        self._left_pad = str(padding.get("direction", "right")).lower() == "left"
-        tokenizer.no_padding()
-        self._tokenizer: Tokenizer = tokenizer
-        self._counter = TokenCounter(tokenizer)
-        self._handoff: dict[str, Encoding] = {}
-        self._handoff_lock = threading.Lock()
-        self._vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        self._tokenizer: Tokenizer = self._texts.tokenizer
 
         self._session_args = (
             [name for name, _ in providers],
@@ -304,29 +282,13 @@ class OnnxEmbeddingProvider:
     # -- construction helpers -------------------------------------------------------------
 
     def _setup_io(self, session: Any) -> None:
-        known = {"input_ids", "attention_mask", "token_type_ids", "position_ids"}
-        self._inputs: list[tuple[str, Any]] = []
-        for node in session.get_inputs():
-            if node.name not in known:
-                raise ProviderError(
-                    "onnx",
-                    f"{self._onnx_path} has an input {node.name!r} this provider cannot feed "
-                    f"(it feeds {', '.join(sorted(known))})",
-                )
-            dtype = np.int32 if node.type == "tensor(int32)" else np.int64
-            self._inputs.append((node.name, dtype))
-        outputs = session.get_outputs()
-        by_name = {o.name: o for o in outputs}
-        chosen = next(
-            (by_name[n] for n in ("last_hidden_state", "token_embeddings") if n in by_name),
-            None,
-        )
-        if chosen is None:
-            chosen = next((o for o in outputs if len(o.shape) == 3), None)
-        if chosen is None:
-            chosen = by_name.get("sentence_embedding") or outputs[0]
-        self._output = chosen.name
-        self._pooled_output = len(chosen.shape) == 2
+        nodes = session.get_inputs()
+        check_encoder_inputs([node.name for node in nodes], "onnx", self._onnx_path)
+        self._inputs: list[tuple[str, Any]] = [
+            (node.name, np.int32 if node.type == "tensor(int32)" else np.int64) for node in nodes
+        ]
+        outputs = [(o.name, len(o.shape)) for o in session.get_outputs()]
+        self._output, self._pooled_output = pick_output(outputs)
 
     # -- the provider contract -------------------------------------------------------------
 
@@ -370,26 +332,12 @@ class OnnxEmbeddingProvider:
 
     def text_lengths(self, texts: Sequence[str]) -> list[int]:
         """Token count of each text after truncation (what the model will process)."""
-        encodings = self._encode(texts)
-        return [len(e.ids) for e in encodings]
+        return self._texts.text_lengths(texts)
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Token count of each text before truncation, special tokens included."""
-        encodings = self._encode(texts)
-        # The manager counts right before it embeds the same texts: hand the encodings
-        # over, so each text is tokenized once (bounded: cleared when full).
-        # Cut texts are left out: their encodings carry the overflow, and they are rare.
-        kept = [(t, e) for t, e in zip(texts, encodings, strict=True) if not e.overflowing]
-        if len(kept) <= _HANDOFF_LIMIT:
-            with self._handoff_lock:
-                if len(self._handoff) + len(kept) > _HANDOFF_LIMIT:
-                    self._handoff.clear()
-                self._handoff.update(kept)
-        cut = [i for i, e in enumerate(encodings) if e.overflowing]
-        counts = [len(e.ids) for e in encodings]
-        for i, n in zip(cut, self._counter.count([texts[i] for i in cut]), strict=True):
-            counts[i] = n
-        return counts
+        # The encodings are kept for the embed call that follows (tokenized once).
+        return self._texts.count_tokens(texts)
 
     def embed_token_ids(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
         """Embed texts given as token ids (``tokenizer.encode(text).ids``, special tokens
@@ -403,16 +351,14 @@ class OnnxEmbeddingProvider:
             A list is longer than the token limit (token ids are never cut).
         """
         self._live_session()
-        rows = check_token_ids(ids, vocab_size=self._vocab_size, max_tokens=self._max_length)
-        return self._run_ids(rows)
+        return self._run_ids(self._texts.check_ids(ids))
 
     def close(self) -> None:
         """Release the sessions and worker threads. Calling it again is harmless."""
         with self._pool_lock:
             self._session = None
             pool, self._pool = self._pool, None
-        with self._handoff_lock:
-            self._handoff.clear()
+        self._texts.clear()
         if pool is not None:
             pool[1].shutdown(wait=True)
 
@@ -424,72 +370,40 @@ class OnnxEmbeddingProvider:
 
     # -- inference -------------------------------------------------------------------------
 
-    def _encode(self, texts: Sequence[str]) -> list[Encoding]:
-        if len(texts) == 1:
-            # encode() skips the thread pool hand-off that encode_batch() pays.
-            return [self._tokenizer.encode(texts[0])]
-        return self._tokenizer.encode_batch(list(texts))
-
     def _live_session(self) -> Any:
         session = self._session
         if session is None:
             raise ProviderClosedError("the onnx provider is closed")
         return session
 
-    def _handed_over(self, texts: Sequence[str]) -> list[Encoding]:
-        """Encodings of *texts*: those :meth:`count_tokens` made, the others encoded now."""
-        if not self._handoff:
-            return self._encode(texts)
-        with self._handoff_lock:
-            found = [self._handoff.pop(t, None) for t in texts]
-        missing = [i for i, e in enumerate(found) if e is None]
-        if missing:
-            for i, encoding in zip(missing, self._encode([texts[i] for i in missing]), strict=True):
-                found[i] = encoding
-        return found  # type: ignore[return-value]
-
     def _run_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, int, int]:
         self._live_session()
-        if not texts:
-            return self._run_ids([]), 0, 0
-        encodings = self._handed_over(texts)
-        truncated = check_truncation(
-            encodings,
-            texts,
-            truncation=self.config.truncation,
-            max_tokens=self._max_length,
-            counter=self._counter,
-        )
-        rows = [e.ids for e in encodings]
-        return self._run_ids(rows), sum(len(r) for r in rows), truncated
+        rows, tokens, truncated = self._texts.rows(texts)
+        return self._run_ids(rows), tokens, truncated
 
     def _run_ids(self, rows: Sequence[Sequence[int]]) -> np.ndarray:
         """Vectors for token id lists: sorted by length, run in sub-batches, restored."""
         session = self._live_session()
-        n = len(rows)
-        if n == 0:
-            dimension = self._info.dimension if hasattr(self, "_info") else 0
-            return np.zeros((0, dimension), dtype=np.float32)
-        order = sorted(range(n), key=lambda i: len(rows[i])) if n > 1 else [0]
+        dimension = self._info.dimension if hasattr(self, "_info") else 0
         size = self.session_batch_size
-        chunks = [order[start : start + size] for start in range(0, n, size)]
-
-        def run(chunk: list[int], session: Any = session) -> np.ndarray:
-            return self._forward(session, [rows[i] for i in chunk])
-
-        if len(chunks) > 1 and self.concurrent_runs > 1:
+        if len(rows) > size and self.concurrent_runs > 1:
             single, executor = self._concurrent_pool()
             try:
-                results = list(executor.map(lambda chunk: run(chunk, single), chunks))
+                out = run_sorted(
+                    rows,
+                    size,
+                    lambda run: self._forward(single, run),
+                    dimension=dimension,
+                    map_runs=executor.map,
+                )
             except RuntimeError:  # the executor refuses work once close() shut it down
                 if self._session is None:
                     raise ProviderClosedError("the onnx provider is closed") from None
                 raise
         else:
-            results = [run(chunk) for chunk in chunks]
-        out = np.empty((n, results[0].shape[1]), dtype=np.float32)
-        for chunk, vectors in zip(chunks, results, strict=True):
-            out[chunk] = vectors
+            out = run_sorted(
+                rows, size, lambda run: self._forward(session, run), dimension=dimension
+            )
         if self._spec.normalize:
             normalize_rows(out)
         return out
@@ -532,25 +446,8 @@ class OnnxEmbeddingProvider:
             return self._pool
 
     def _forward(self, session: Any, rows: list[Sequence[int]]) -> np.ndarray:
-        batch, width = len(rows), max(len(r) for r in rows)
-        ids = np.full((batch, width), self._pad_id, dtype=np.int64)
-        mask = np.zeros((batch, width), dtype=np.int64)
-        for row, tokens in enumerate(rows):
-            length = len(tokens)
-            cols = slice(width - length, width) if self._left_pad else slice(0, length)
-            ids[row, cols] = tokens
-            mask[row, cols] = 1
-        feed: dict[str, np.ndarray] = {}
-        for name, dtype in self._inputs:
-            if name == "input_ids":
-                value = ids
-            elif name == "attention_mask":
-                value = mask
-            elif name == "token_type_ids":
-                value = np.zeros_like(ids)
-            else:  # position_ids, counted over real tokens so left padding works
-                value = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
-            feed[name] = value if value.dtype == dtype else value.astype(dtype)
+        ids, mask = pad_rows(rows, self._texts.pad_id, left=self._texts.left_pad)
+        feed = encoder_feed(self._inputs, ids, mask)
         try:
             states = session.run([self._output], feed)[0]
         except Exception as exc:  # onnxruntime errors are untyped; name the provider

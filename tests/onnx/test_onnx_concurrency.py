@@ -119,8 +119,8 @@ def test_counting_before_embedding_tokenizes_once_and_changes_nothing(
         plain = provider.embed_batch(texts)
         counts = provider.count_tokens(texts)
         calls = []
-        inner = provider._encode
-        provider._encode = lambda batch: calls.append(list(batch)) or inner(batch)  # type: ignore[method-assign]
+        inner = provider._texts.encode
+        provider._texts.encode = lambda batch: calls.append(list(batch)) or inner(batch)  # type: ignore[method-assign]
         counted = provider.embed_batch(texts)
         # Every uncut text's encoding came from count_tokens; the cut one is encoded again.
         assert calls == [[texts[-1]]]
@@ -128,6 +128,6 @@ def test_counting_before_embedding_tokenizes_once_and_changes_nothing(
         assert max(counts) > provider.info().max_tokens  # counts are before truncation
         provider.count_tokens(["left behind"])
         provider.close()
-        assert not provider._handoff  # close() drops what was never embedded
+        assert not provider._texts._handoff  # close() drops what was never embedded
     finally:
         provider.close()

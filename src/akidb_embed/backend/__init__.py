@@ -6,6 +6,11 @@
 * :func:`load_tokenizer` loads ``tokenizer.json`` with explicit truncation and padding;
   :class:`TokenCounter` counts tokens before truncation, and :func:`check_truncation`
   applies the ``truncation`` policy to a batch of encodings.
+* :class:`TextEncoder` puts those together: texts to unpadded token id rows, token
+  counts before truncation (kept for the embed call that follows), token id checks.
+* :func:`open_onnx_model` finds a folder with an ONNX export and its ONNX file.
+* :func:`sorted_runs`, :func:`pad_rows`, :func:`encoder_feed`, :func:`pick_output` and
+  :func:`run_sorted` run an encoder graph on token-sorted, padded runs.
 * :func:`pool` and :func:`normalize_rows` turn token states into vectors, as
   sentence-transformers' ``Pooling`` and ``Normalize`` modules do, in numpy.
 * :func:`check_options`, :func:`int_option`, :func:`str_option`, :func:`check_max_length`
@@ -27,7 +32,7 @@ from ._checks import (
     str_option,
 )
 from ._cores import available_cores
-from ._open import open_model
+from ._open import DEFAULT_ONNX_FILES, open_model, open_onnx_model
 from ._pooling import POOLING_MODES, normalize_rows, pool
 from ._resolve import (
     SENTENCE_TRANSFORMERS_FILES,
@@ -38,21 +43,36 @@ from ._resolve import (
     parse_model_id,
     resolve_model,
 )
+from ._runs import (
+    ENCODER_INPUTS,
+    check_encoder_inputs,
+    encoder_feed,
+    pad_rows,
+    pick_output,
+    run_sorted,
+    sorted_runs,
+)
 from ._st_config import SentenceTransformerSpec, read_sentence_transformers_config
+from ._texts import TextEncoder
 from ._tokenizer import TokenCounter, check_truncation, load_tokenizer
 
 __all__ = [
+    "DEFAULT_ONNX_FILES",
+    "ENCODER_INPUTS",
     "POOLING_MODES",
     "SENTENCE_TRANSFORMERS_FILES",
     "ResolvedModel",
     "SentenceTransformerSpec",
+    "TextEncoder",
     "TokenCounter",
     "available_cores",
+    "check_encoder_inputs",
     "check_max_length",
     "check_modules",
     "check_options",
     "check_token_ids",
     "check_truncation",
+    "encoder_feed",
     "fetch_command",
     "hub_cache_dir",
     "int_option",
@@ -60,9 +80,14 @@ __all__ = [
     "load_tokenizer",
     "normalize_rows",
     "open_model",
+    "open_onnx_model",
+    "pad_rows",
     "parse_model_id",
+    "pick_output",
     "pool",
     "read_sentence_transformers_config",
     "resolve_model",
+    "run_sorted",
+    "sorted_runs",
     "str_option",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ModelNotFoundError
@@ -13,7 +14,11 @@ from ._st_config import SentenceTransformerSpec, read_sentence_transformers_conf
 if TYPE_CHECKING:
     from .._config import EmbeddingConfig
 
-__all__ = ["open_model"]
+__all__ = ["DEFAULT_ONNX_FILES", "open_model", "open_onnx_model"]
+
+#: Where an ONNX file is looked for when a provider's ``onnx_file`` option names none.
+DEFAULT_ONNX_FILES: tuple[str, ...] = ("onnx/model.onnx", "model.onnx")
+_EXPORT_HINT = "akidb-embed export {model} --out DIR"
 
 
 def open_model(
@@ -73,3 +78,53 @@ def open_model(
     spec = read_sentence_transformers_config(resolved.path)
     check_modules(spec, provider, config.model)
     return resolved, spec
+
+
+def open_onnx_model(
+    config: EmbeddingConfig,
+    provider: str,
+    *,
+    onnx_file: str | None = None,
+    revision: str | None = None,
+) -> tuple[ResolvedModel, SentenceTransformerSpec, Path]:
+    """:func:`open_model` for a folder with an ONNX export (as ``akidb-embed export`` writes).
+
+    Parameters
+    ----------
+    onnx_file:
+        The ONNX file in the folder (``model_O2.onnx`` is also looked for under ``onnx/``);
+        default :data:`DEFAULT_ONNX_FILES`.
+    revision:
+        Branch, tag or commit.
+
+    Returns
+    -------
+    tuple of ResolvedModel, SentenceTransformerSpec and Path
+        As :func:`open_model`, plus the ONNX file found.
+
+    Raises
+    ------
+    ModelNotFoundError
+        Not found, or without the ONNX file (the message says how to export one) or
+        ``tokenizer.json``.
+    ProviderError
+        The pipeline has modules the backend does not run.
+    """
+    candidates = (onnx_file, f"onnx/{onnx_file}") if onnx_file else DEFAULT_ONNX_FILES
+    resolved, spec = open_model(
+        config,
+        provider,
+        revision=revision,
+        # "*" also takes external weights (model.onnx_data, model.onnx.data).
+        files=["vocab.txt", *(c + "*" for c in candidates)],
+        required=[tuple(candidates), ("tokenizer.json", "*/tokenizer.json")],
+        missing_hint=(
+            f"It has no ONNX file ({' or '.join(candidates)}): set options.onnx_file to "
+            "the one it ships, or make an ONNX folder from a safetensors model with: "
+            + _EXPORT_HINT.format(model=config.model)
+            + "."
+        ),
+    )
+    root = resolved.path
+    path = next(root / c for c in candidates if (root / c).is_file())
+    return resolved, spec, path
