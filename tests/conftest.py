@@ -32,6 +32,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -242,3 +243,25 @@ def varied_texts() -> list[str]:
     """215 texts: empty, whitespace, emoji, CJK, accented, code, HTML, numbers, mixed
     scripts, very short, and 40 longer than 256 tokens."""
     return _varied_texts()
+
+
+@pytest.fixture(scope="session")
+def st_model(minilm_dir: Path) -> Any:
+    """sentence-transformers on torch CPU, loading the packaged safetensors weights."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    torch.manual_seed(0)
+    return SentenceTransformer(str(minilm_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def st_vectors(st_model: Any, varied_texts: list[str]) -> Any:
+    """sentence-transformers' vectors for ``varied_texts`` (the reference every backend's
+    parity test compares with; normalized float32, computed once per session)."""
+    import numpy as np
+
+    out = st_model.encode(
+        varied_texts, batch_size=32, convert_to_numpy=True, normalize_embeddings=False
+    )
+    return np.asarray(out, dtype=np.float32)

@@ -55,6 +55,7 @@ ProviderFactory = Callable[["EmbeddingConfig"], "EmbeddingProvider"]
 _INSTALL_HINTS: dict[str, str] = {
     "onnx": "pip install 'akidb-embed[onnx]'",
     "mlx": 'pip install "akidb-embed[mlx]"',
+    "openvino": "pip install 'akidb-embed[openvino]'",
     # Built in, but its HTTP client is an extra.
     "remote": "pip install 'akidb-embed[remote]'",
 }

@@ -1,14 +1,12 @@
-"""Fixtures for the onnx provider tests: a varied text set and sentence-transformers'
-vectors for it (the reference, computed once per session with torch on the CPU)."""
+"""Fixtures for the onnx provider tests (sentence-transformers' reference vectors,
+``st_model`` and ``st_vectors``, come from tests/conftest.py)."""
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
 
 from akidb_embed import EmbeddingConfig
@@ -18,23 +16,6 @@ from akidb_embed_onnx import OnnxEmbeddingProvider
 @pytest.fixture(scope="session")
 def texts(varied_texts: list[str]) -> list[str]:
     return varied_texts
-
-
-@pytest.fixture(scope="session")
-def st_model(minilm_dir: Path) -> Any:
-    """sentence-transformers on torch CPU, loading the packaged safetensors weights."""
-    import torch
-    from sentence_transformers import SentenceTransformer
-
-    torch.manual_seed(0)
-    return SentenceTransformer(str(minilm_dir), device="cpu")
-
-
-@pytest.fixture(scope="session")
-def st_vectors(st_model: Any, texts: list[str]) -> np.ndarray:
-    """sentence-transformers' vectors for ``texts`` (normalized, float32)."""
-    out = st_model.encode(texts, batch_size=32, convert_to_numpy=True, normalize_embeddings=False)
-    return np.asarray(out, dtype=np.float32)
 
 
 @pytest.fixture(scope="session")
