@@ -10,6 +10,7 @@ import pytest
 
 HEAVY = (
     "onnxruntime",
+    "openvino",
     "tokenizers",
     "mlx",
     "torch",
@@ -33,6 +34,7 @@ HEAVY = (
 OURS_LAZY = (
     "akidb_embed_onnx",
     "akidb_embed_mlx",
+    "akidb_embed_openvino",
     "akidb_embed.index",
     "akidb_embed.bridge",
     "akidb_embed.remote",
