@@ -186,7 +186,7 @@ def test_threads_hint_and_run_batch_size(
     varied_texts: list[str],
 ) -> None:
     assert f32_provider.threads == available_cores()
-    assert f32_provider.run_batch_size == 8
+    assert f32_provider.run_batch_size == 16
     provider = make_provider(
         minilm_onnx_dir,
         ov_cache,
