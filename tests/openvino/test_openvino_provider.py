@@ -378,3 +378,21 @@ class TestOpenVINOf32Conformance(ProviderConformance):
 
     def make_provider(self) -> OpenVINOEmbeddingProvider:
         return make_provider(self.model_dir, self.cache, precision="f32")
+
+
+def test_query_padding_changes_no_vector(
+    minilm_onnx_dir: Path, ov_cache: Path, f32_provider: OpenVINOEmbeddingProvider
+) -> None:
+    from akidb_embed.backend import pad_rows
+
+    ids, mask = pad_rows([[101, 7, 102], [101, 102]], 0, multiple=16, limit=256)
+    assert ids.shape == mask.shape == (2, 16) and mask.sum() == 5
+    assert pad_rows([[1] * 250], 0, multiple=16, limit=256)[0].shape == (1, 256)
+    assert pad_rows([[1] * 250], 0, multiple=16, limit=252)[0].shape == (1, 252)
+    assert f32_provider.query_pad_multiple == 16
+    unpadded = make_provider(minilm_onnx_dir, ov_cache, precision="f32", query_pad_multiple=1)
+    for query in ["a", "what is openvino", "word " * 40]:
+        np.testing.assert_allclose(
+            f32_provider.embed_batch([query]), unpadded.embed_batch([query]), atol=1e-6
+        )
+    unpadded.close()

@@ -37,10 +37,22 @@ def sorted_runs(rows: Sequence[Sequence[int]], size: int) -> list[list[int]]:
 
 
 def pad_rows(
-    rows: Sequence[Sequence[int]], pad_id: int, *, left: bool = False
+    rows: Sequence[Sequence[int]],
+    pad_id: int,
+    *,
+    left: bool = False,
+    multiple: int = 1,
+    limit: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Pad token id rows to the longest: ``(input_ids, attention_mask)``, int64."""
+    """Pad token id rows to the longest: ``(input_ids, attention_mask)``, int64.
+
+    *multiple* rounds the width up (at most to *limit*), so runs of similar length share
+    one shape: backends that prepare each new input shape (OpenVINO) skip that work.
+    """
     batch, width = len(rows), max(len(r) for r in rows)
+    if multiple > 1:
+        rounded = -(-width // multiple) * multiple
+        width = max(width, min(rounded, limit)) if limit is not None else rounded
     ids = np.full((batch, width), pad_id, dtype=np.int64)
     mask = np.zeros((batch, width), dtype=np.int64)
     for row, tokens in enumerate(rows):
