@@ -327,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--worker", choices=list(CONTENDERS), help=argparse.SUPPRESS)
     parser.add_argument("--gemm", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--exports", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--cold", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--vectors", help=argparse.SUPPRESS)
     parser.add_argument("--source", help=argparse.SUPPRESS)
@@ -341,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
         args.threads = available_cores()
     if args.gemm:
         return gemm_worker(args.threads)
+    if args.exports:
+        print(json.dumps({"paths": [str(p) for p in _ensure_exports()]}), flush=True)
+        return 0
     if args.worker:
         return worker(args)
 
@@ -349,7 +353,10 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(HERE))
     import corpus
 
-    source, fp32, int8 = _ensure_exports()
+    # In a child: an export run here (torch, ~1 GB) would raise this process's peak RSS,
+    # which every worker it forks then reports as its own (ru_maxrss survives exec).
+    paths, _, _ = _run_measured(["--exports"], args.threads)
+    source, fp32, int8 = (Path(p) for p in paths["paths"])
     docs = corpus.documents()[: args.docs]
     linear, attention, tokens = corpus_flops(source, docs)
     flops = linear + attention
