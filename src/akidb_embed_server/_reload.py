@@ -292,8 +292,8 @@ class Reloader:
             return
         if outcome.restart_required:
             outcome.message = (
-                f"{', '.join(outcome.restart_required)} changed but take effect only at a "
-                "restart; the running values stay"
+                f"not reloaded, applied only at a restart: {', '.join(outcome.restart_required)}"
+                " (the running values stay)"
             )
             _log.warning("reload: %s", outcome.message, extra=fields)
         _log.info(

@@ -384,10 +384,22 @@ class EmbeddingService:
             deadline = timeout if deadline is None else min(deadline, timeout)
         timing = RequestTiming()
         start = time.perf_counter()
-        if client_gone is None:
-            response = await batcher.embed(request, timeout=deadline, timing=timing)
-        else:
-            response = await _embed_unless_gone(batcher, request, deadline, timing, client_gone)
+        while True:
+            left = None if deadline is None else deadline - (time.perf_counter() - start)
+            try:
+                if client_gone is None:
+                    response = await batcher.embed(request, timeout=left, timing=timing)
+                else:
+                    response = await _embed_unless_gone(batcher, request, left, timing, client_gone)
+                break
+            except BatcherClosedError:
+                if self.draining or self.batcher is batcher or self.batcher is None:
+                    raise
+                # A reload closed the batcher pinned above before the request reached
+                # it (or before its drain answered it): none of its vectors was given
+                # out, so the whole request runs again, on the new pair.
+                manager, batcher = self.manager, self.batcher
+                timing = RequestTiming()
         embedded = Embedded(
             response,
             len(inputs),
