@@ -160,8 +160,10 @@ async def _run(url: str, config: Path, onnx_dir: Path, duration: float, memory: 
         stop.set()
         await asyncio.gather(*clients)
 
-    def during(start: float, seconds: float) -> bool:
-        return any(s <= start + seconds and start <= e for _, s, e in switches)
+    def during(start: float, seconds: float, kind: str | None = None) -> bool:
+        return any(
+            s <= start + seconds and start <= e and kind in (None, name) for name, s, e in switches
+        )
 
     rows = []
     for name in ("steady mock", "steady onnx"):
@@ -170,6 +172,8 @@ async def _run(url: str, config: Path, onnx_dir: Path, duration: float, memory: 
     a, b = marks["reloading"]
     window = [(s, d) for s, d in samples.latencies if a <= s <= b]
     rows.append(("reloading: overlapping a switch", [d for s, d in window if during(s, d)]))
+    for kind in ("mock -> onnx", "onnx -> mock"):
+        rows.append((f"... overlapping {kind}", [d for s, d in window if during(s, d, kind)]))
     rows.append(("reloading: between switches", [d for s, d in window if not during(s, d)]))
     rows.append(("reloading: all", [d for _, d in window]))
     print(f"\n16 clients, requests of {SIZES} texts, {len(samples.latencies)} requests, "

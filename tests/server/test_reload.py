@@ -10,6 +10,8 @@ each client stops when they are done.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -392,3 +394,22 @@ def test_sighup_reloads_and_grpc_follows(
     assert answer.model == "mock-b"
     got = np.array([list(e.values) for e in answer.embeddings], dtype=np.float32)
     np.testing.assert_allclose(got, [references["mock-b"][t] for t in POOL[:3]], atol=1e-6)
+
+
+def test_admin_keys_are_a_masked_setting_of_their_own(tmp_path: Path) -> None:
+    from akidb_embed.cli import main
+    from akidb_embed_server._settings import ServerSettings
+
+    config = tmp_path / "akidb.toml"
+    config.write_text('[server]\nadmin_api_keys = ["from-file"]\n')
+    settings = ServerSettings.load(config, environ={"AKIDB_SERVER_ADMIN_API_KEYS": "a1,a2"})
+    assert settings.admin_api_keys == ("a1", "a2") and settings.api_keys == ()
+    assert settings.source("admin_api_keys") == "env:AKIDB_SERVER_ADMIN_API_KEYS"
+    assert settings.to_dict()["admin_api_keys"] == ["***", "***"]
+    assert "a1" not in repr(settings)
+    with pytest.raises(ValueError, match="admin_api_keys"):
+        ServerSettings(admin_api_keys=("has space",))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["config", "--config", str(config), "--section", "server"]) == 0
+    assert "admin_api_keys" in out.getvalue() and "from-file" not in out.getvalue()
