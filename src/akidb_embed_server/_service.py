@@ -173,6 +173,11 @@ class EmbeddingService:
         # of the ones closed since, so /info and /metrics count since start.
         self._retiring: set[Batcher] = set()
         self._retired = _ZERO_STATS
+        # The embed calls in each batcher, with their timing (did a batch take them?),
+        # and the ones swap() moved to the new batcher (cancelled in the old one).
+        self._attempts: dict[Batcher, dict[asyncio.Future[Any], RequestTiming]] = {}
+        self._moved: set[asyncio.Future[Any]] = set()
+        self._moved_texts = 0
         # Validate the batcher options now, not at the first request.
         Batcher(manager, **settings.batcher_options())
 
@@ -234,8 +239,10 @@ class EmbeddingService:
         if self.batcher is None:
             return None
         live = [self.batcher.stats(), *(b.stats() for b in self._retiring)]
-        total = _add([self._retired, *live])
-        return BatcherStats(**{**asdict(total), "closed": live[0].closed})
+        total = asdict(_add([self._retired, *live]))
+        # Texts moved to a new batcher left the old one's queue as "dropped": they were not.
+        total["dropped_texts"] -= self._moved_texts
+        return BatcherStats(**{**total, "closed": live[0].closed})
 
     def swap(self, manager: EmbeddingManager, batcher: Batcher) -> tuple[EmbeddingManager, Batcher]:
         """Serve *manager* through *batcher* from now on (both started and probed); the
@@ -245,6 +252,12 @@ class EmbeddingService:
         assert old[1] is not None, "swap() before start()"
         self.manager, self.batcher = manager, batcher
         self._retiring.add(old[1])
+        # Requests none of whose texts is in a batch yet move to the new pair; the old
+        # provider finishes only the batches already cut.
+        for work, timing in self._attempts.get(old[1], {}).items():
+            if not work.done() and not timing.cut:
+                self._moved.add(work)
+                work.cancel()
         if self.metrics is not None:
             self.metrics.switch(manager, batcher, self.served_model)
         return old[0], old[1]
@@ -389,20 +402,37 @@ class EmbeddingService:
         start = time.perf_counter()
         while True:
             left = None if deadline is None else deadline - (time.perf_counter() - start)
+            work = asyncio.ensure_future(batcher.embed(request, timeout=left, timing=timing))
+            attempts = self._attempts.setdefault(batcher, {})
+            attempts[work] = timing
             try:
                 if client_gone is None:
-                    response = await batcher.embed(request, timeout=left, timing=timing)
+                    response = await work
                 else:
-                    response = await _embed_unless_gone(batcher, request, left, timing, client_gone)
+                    response = await _unless_gone(work, client_gone)
                 break
+            except asyncio.CancelledError:
+                if work not in self._moved:
+                    raise
+                # swap() took it out of the old batcher's queue before any of its texts
+                # was cut into a batch: it runs on the new pair. (Cut between the cancel
+                # and its delivery, the rest of it would count as dropped: harmless.)
+                self._moved.discard(work)
+                if not timing.cut:
+                    self._moved_texts += len(inputs)
             except BatcherClosedError:
                 if self.draining or self.batcher is batcher or self.batcher is None:
                     raise
                 # A reload closed the batcher pinned above before the request reached
                 # it (or before its drain answered it): none of its vectors was given
                 # out, so the whole request runs again, on the new pair.
-                manager, batcher = self.manager, self.batcher
-                timing = RequestTiming()
+            finally:
+                attempts.pop(work, None)
+                if not attempts:
+                    self._attempts.pop(batcher, None)
+            manager, batcher = self.manager, self.batcher
+            assert batcher is not None
+            timing = RequestTiming()
         embedded = Embedded(
             response,
             len(inputs),
@@ -420,17 +450,14 @@ class EmbeddingService:
         return embedded
 
 
-async def _embed_unless_gone(
-    batcher: Batcher,
-    request: EmbeddingRequest,
-    deadline: float | None,
-    timing: RequestTiming,
+async def _unless_gone(
+    work: asyncio.Future[BatchEmbeddingResponse],
     client_gone: Callable[[], Awaitable[object]],
 ) -> BatchEmbeddingResponse:
-    work = asyncio.ensure_future(batcher.embed(request, timeout=deadline, timing=timing))
     gone = asyncio.ensure_future(client_gone())
+    waiting: list[asyncio.Future[Any]] = [work, gone]
     try:
-        done, _ = await asyncio.wait([work, gone], return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
     finally:
         gone.cancel()
         if not work.done():  # client gone, or this task cancelled: the batcher drops it

@@ -413,3 +413,38 @@ def test_admin_keys_are_a_masked_setting_of_their_own(tmp_path: Path) -> None:
     with contextlib.redirect_stdout(out):
         assert main(["config", "--config", str(config), "--section", "server"]) == 0
     assert "admin_api_keys" in out.getvalue() and "from-file" not in out.getvalue()
+
+
+def test_a_cut_batch_finishes_on_the_old_provider_queued_requests_move_to_the_new() -> None:
+    from akidb_embed import EmbeddingRequest
+    from akidb_embed_server._reload import Reloader
+    from akidb_embed_server._service import EmbeddingService
+    from akidb_embed_server._settings import ServerSettings
+
+    settings = ServerSettings(max_batch_size=2, max_wait_ms=0)
+    slow = {"latency": 0.3, "max_concurrency": 1}
+    old_config = EmbeddingConfig(provider="mock", model="old", options=slow)
+    new_config = EmbeddingConfig(provider="mock", model="new")
+
+    async def go() -> tuple[list[str], dict[str, Any]]:
+        service = EmbeddingService(EmbeddingManager.from_config(old_config), settings)
+        await service.start()
+        reloader = Reloader(service, lambda: (settings, new_config), old_config)
+        texts = [[f"text {i}", f"other {i}"] for i in range(4)]
+        calls = [asyncio.ensure_future(service.embed(EmbeddingRequest(t))) for t in texts]
+        await asyncio.sleep(0.1)  # the first request is in a batch; the other three queue
+        outcome = await reloader.reload()
+        assert outcome.ok and outcome.provider_reloaded, outcome
+        results = await asyncio.gather(*calls)
+        for result, t in zip(results, texts, strict=True):
+            with EmbeddingManager.from_config(provider="mock", model=result.model) as m:
+                np.testing.assert_allclose(result.response.embeddings, m.embed(t), atol=1e-6)
+        stats = service.info()["batcher"]
+        await service.close()
+        service.manager.close()
+        return [r.model for r in results], stats
+
+    models, stats = asyncio.run(go())
+    assert models == ["old", "new", "new", "new"]
+    # Moved texts are not "dropped"; each text was computed once (+1: the startup probe).
+    assert stats["dropped_texts"] == 0 and stats["batched_texts"] == 8 + 1
