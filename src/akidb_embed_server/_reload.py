@@ -5,10 +5,10 @@ A reload re-reads the configuration file and the environment the server was star
 
 1. builds the new provider beside the old one, in a thread (the event loop keeps
    serving), and embeds one probe text with it;
-2. swaps the service's manager and batcher on the event loop, in one step: each request
-   is pinned to the pair it started with (``EmbeddingService.embed``), so requests the
-   old batcher holds finish on the old provider, with the old model's name, and every
-   later request goes to the new one. No request gets vectors from two models;
+2. swaps the service's manager and batcher on the event loop, in one step
+   (``EmbeddingService.swap``): requests with texts in a batch already cut finish on the
+   old provider, with the old model's name; requests still queued whole move to the new
+   batcher, as does every later request. No request gets vectors from two models;
 3. lets the old batcher drain, then closes the old provider (a python-bridge worker
    exits). The reload answers once it is closed, and the next reload waits for that:
    two providers are resident only during a switch.

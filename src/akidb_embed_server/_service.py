@@ -11,8 +11,9 @@ Adapters reach the model only through the service (``service.manager``,
 ``service.batcher``, read at each request), never through a manager captured when they
 were built, so the manager and batcher can be replaced while the server runs
 (:meth:`EmbeddingService.swap`, used by ``_reload``). Each embed call pins the manager and
-batcher it starts with: all its texts are computed by that one provider, and its
-:class:`Embedded` result names that provider's model, whatever a reload does meanwhile.
+batcher it starts with, and moves to the new pair only while none of its texts is in a
+batch: all its texts are computed by one provider, and its :class:`Embedded` result names
+that provider's model, whatever a reload does meanwhile.
 """
 
 from __future__ import annotations
