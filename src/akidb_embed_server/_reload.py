@@ -244,6 +244,9 @@ class Reloader:
             if batcher is not None:
                 old_manager, old_batcher = service.swap(manager, batcher)
                 retiring = (old_batcher, old_manager if rebuild else None)
+            elif service.metrics is not None and service.batcher is not None:
+                # The same pair: only the model's served name may have changed.
+                service.metrics.switch(service.manager, service.batcher, service.served_model)
             built = None  # served now: closing it is the service's job
             if rebuild:
                 self.config = config

@@ -305,14 +305,15 @@ def test_server_settings_apply_without_rebuilding_the_provider(
     config.write_text(
         mock_toml()
         + '\n[server]\nmax_client_batch_size = 4\napi_keys = ["client-key"]\n'
-        + 'log_level = "WARNING"\nmax_body_bytes = 1000\n'
+        + 'log_level = "WARNING"\nmax_body_bytes = 1000\nserved_model_name = "renamed"\n'
     )
     answer = reload(served)
     assert answer.status_code == 200, answer.text
     outcome = answer.json()["reload"]
     assert outcome["provider_reloaded"] is False
     assert outcome["generation"] == 1
-    assert sorted(outcome["changed"]) == ["api_keys", "log_level", "max_client_batch_size"]
+    changed = ["api_keys", "log_level", "max_client_batch_size", "served_model_name"]
+    assert sorted(outcome["changed"]) == changed
     # The port comes from a flag (flags stay); max_body_bytes needs a restart.
     assert outcome["restart_required"] == ["max_body_bytes"]
     assert "max_body_bytes" in outcome["message"] and "restart" in outcome["message"]
@@ -322,7 +323,9 @@ def test_server_settings_apply_without_rebuilding_the_provider(
     too_many = httpx.post(f"{served.url}/api/v1/embed", json=texts, headers=auth)
     assert too_many.status_code == 413, too_many.text
     one = httpx.post(f"{served.url}/api/v1/embed", json={"inputs": ["x"]}, headers=auth)
-    assert one.status_code == 200
+    assert one.status_code == 200 and one.json()["model"] == "renamed"
+    metrics = httpx.get(f"{served.url}/metrics", timeout=10).text  # public by default
+    assert 'served_model="renamed"' in metrics
     # The client key is not an admin key, nor the reverse.
     refused = httpx.post(f"{served.url}/admin/reload", headers=auth)
     assert refused.status_code == 401
