@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from akidb_embed import EmbeddingManager, EmbeddingRequest
 
 from ._logging import ObservabilityMiddleware, current_request
+from ._reload import ReloadInProgressError
 from ._schema import (
     EMBED_ERRORS,
     AkidbEmbedResponse,
@@ -35,12 +36,13 @@ from ._schema import (
     ModelList,
     NestedError,
     OpenAIEmbeddingsResponse,
+    ReloadResponse,
     Status,
     TEIEmbedResponse,
     TEIError,
     responses,
 )
-from ._security import install_security
+from ._security import KeySet, bearer_token, install_security
 from ._service import PROBE_TEXT, Embedded, EmbeddingService, FailureKind, failure_of
 from ._settings import ServerSettings
 from ._version import __version__
@@ -187,6 +189,14 @@ def _error_response(style: Style, failure: _Failure) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=failure.headers)
 
 
+_ADMIN_ERRORS = {
+    401: "Missing or wrong admin key",
+    404: "The admin API is off (no admin_api_keys)",
+    409: "Another reload is in progress",
+    422: "The reload failed; nothing changed (the body's reload says why)",
+    503: "Shutting down, or not started by akidb-embed serve",
+}
+
 _STYLES: dict[str, Style] = {"/api/v1/embed": "akidb", "/v1/embeddings": "openai", "/embed": "tei"}
 
 
@@ -315,7 +325,7 @@ def create_app(
     metrics = state.metrics  # one registry per service, shared with gRPC
     app.state.metrics = metrics
 
-    install_security(app, settings, _render_error)
+    install_security(app, settings, _render_error, current=lambda: state.settings)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
@@ -382,7 +392,7 @@ def create_app(
         response = embedded.response
         content = {
             "embeddings": response.embeddings,
-            "model": state.served_model,
+            "model": embedded.model,
             "dimension": response.dimension,
             "usage": {
                 "texts": int(response.usage.get("texts", len(body.inputs))),
@@ -404,8 +414,7 @@ def create_app(
         state.check_dimensions(body.dimensions)
         embedded, headers = await _embed(state, request, http)
         response = embedded.response
-        normalized = state.manager.config.normalize
-        vectors = state.cut(response.embeddings, body.dimensions, normalized)
+        vectors = state.cut(response.embeddings, body.dimensions, embedded.normalized)
         if body.encoding_format == "base64":
             rows: Sequence[Any] = [
                 base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in vectors
@@ -418,7 +427,7 @@ def create_app(
             "data": [
                 {"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)
             ],
-            "model": state.served_model,
+            "model": embedded.model,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
         return JSONResponse(content, headers=headers)
@@ -476,6 +485,47 @@ def create_app(
         if status != "ready":
             return JSONResponse({"status": status}, status_code=503)
         return JSONResponse({"status": "ready", "model": state.served_model})
+
+    @app.post(
+        "/admin/reload",
+        summary="Reload the configuration file (admin key; off unless admin_api_keys is set)",
+        responses={
+            200: {"model": ReloadResponse, "description": "Reloaded"},
+            **{
+                status: {"model": NestedError, "description": text}
+                for status, text in _ADMIN_ERRORS.items()
+            },
+        },
+    )
+    async def admin_reload(http: Request) -> Response:
+        current = state.settings
+        if not current.admin_api_keys:
+            message = (
+                "the admin API is off: set admin_api_keys in [server] or "
+                "AKIDB_SERVER_ADMIN_API_KEYS to turn it on"
+            )
+            return _error_response("akidb", _Failure(404, message, "admin_disabled"))
+        token = bearer_token(http.scope["headers"])
+        if token is None or not KeySet(current.admin_api_keys).accepts(token):
+            message = "missing or invalid admin key: send 'Authorization: Bearer <admin key>'"
+            challenge = {"WWW-Authenticate": 'Bearer realm="akidb-embed admin"'}
+            failure = _Failure(401, message, "invalid_admin_key", None, challenge)
+            return _error_response("akidb", failure)
+        reloader = state.reloader
+        if reloader is None or state.draining:
+            message = "reload is not available: the server is shutting down, or was not "
+            message += "started by `akidb-embed serve`"
+            return _error_response("akidb", _Failure(503, message, "reload_unavailable"))
+        try:
+            outcome = await reloader.reload("admin")
+        except ReloadInProgressError as exc:
+            return _error_response("akidb", _Failure(409, str(exc), "reload_in_progress"))
+        if not outcome.ok:
+            message = f"reload failed, nothing changed: {outcome.message}"
+            response = _error_response("akidb", _Failure(422, message, "reload_failed"))
+            body = orjson.loads(response.body)
+            return JSONResponse({**body, "reload": outcome.to_dict()}, status_code=422)
+        return JSONResponse({"status": "reloaded", "reload": outcome.to_dict()})
 
     if metrics is not None:
         # Prometheus text, not JSON: kept out of the OpenAPI schema, whose responses

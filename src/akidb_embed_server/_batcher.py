@@ -50,11 +50,13 @@ class RequestTiming:
     """Where one request's time went, filled in by :meth:`Batcher.embed` (seconds).
 
     ``queue``: from acceptance until its first batch left; ``inference``: the summed
-    time of the batches that computed its pieces.
+    time of the batches that computed its pieces; ``cut``: a batch holding one of its
+    texts has been cut (from then on the request is tied to this batcher's provider).
     """
 
     queue: float = 0.0
     inference: float = 0.0
+    cut: bool = False
 
 
 @dataclass(frozen=True)
@@ -406,6 +408,8 @@ class Batcher:
             texts, longest = n, top
             piece.owner.queued -= len(piece.texts)
             self._queued_texts -= len(piece.texts)
+            if piece.owner.timing is not None:
+                piece.owner.timing.cut = True
         return batch
 
     async def _execute(self, batch: list[_Piece]) -> None:

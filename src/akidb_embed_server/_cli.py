@@ -6,8 +6,10 @@ Importing this module is cheap; FastAPI and uvicorn are imported when the comman
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
+import os
 import signal
 from typing import Any
 
@@ -120,12 +122,21 @@ def _run(args: argparse.Namespace) -> int:
     from ._app import create_app
     from ._loading import LoadingApp
     from ._logging import configure_logging
+    from ._reload import Reloader
     from ._settings import ServerSettings
 
+    # A reload re-reads the file with the environment and flags the server started with.
+    environ = dict(os.environ)
+    server_flags, embedding_flags = _server_overrides(args), config_overrides(args)
+
+    def load_configuration() -> tuple[ServerSettings, EmbeddingConfig]:
+        settings = ServerSettings.load(args.config, environ=environ, **server_flags)
+        return settings, EmbeddingConfig.load(args.config, env=environ, **embedding_flags)
+
     # Before the model loads, so a bad setting fails at once (and logging can use it).
-    settings = ServerSettings.load(args.config, **_server_overrides(args))
+    settings = ServerSettings.load(args.config, environ=environ, **server_flags)
     configure_logging(settings.log_level, settings.log_format)
-    config = EmbeddingConfig.load(args.config, **config_overrides(args))
+    config = EmbeddingConfig.load(args.config, env=environ, **embedding_flags)
     failures: list[BaseException] = []
     server: Any = None
     grpc_server: Any = None
@@ -137,16 +148,31 @@ def _run(args: argparse.Namespace) -> int:
     def build() -> tuple[Any, Any]:
         manager = EmbeddingManager.from_config(config)
         try:
-            return create_app(manager, settings), manager.close
+            app = create_app(manager, settings)
         except BaseException:
             manager.close()
             raise
+        # A reload may have replaced the manager: close the one served at the end.
+        return app, lambda: app.state.server.manager.close()
+
+    def on_settings(new: ServerSettings) -> None:
+        if grpc_server is not None:
+            grpc_server.settings = new
 
     def on_ready(app: Any) -> None:
         state = app.state.server
         server.state = state
         if grpc_server is not None:
             grpc_server.attach(state)
+        reloader = Reloader(
+            state,
+            load_configuration,
+            config,
+            on_switch=lambda s: _log_startup(s, s.settings, grpc_server, "serving (reloaded)"),
+            on_settings=on_settings,
+        )
+        # From now on SIGHUP reloads (before, the handler below ignores it).
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloader.on_signal)
         _log_startup(state, settings, grpc_server)
 
     def on_failure(exc: BaseException) -> None:
@@ -181,6 +207,8 @@ def _run(args: argparse.Namespace) -> int:
     # handlers; these make that a no-op, so a graceful stop exits 0.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: None)
+    # SIGHUP's default action ends the process: until the model is served, ignore it.
+    signal.signal(signal.SIGHUP, _sighup_while_loading)
     _log.info("loading provider=%s model=%s", config.provider, config.model)
     server.run()
     if failures:
@@ -190,12 +218,17 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _log_startup(state: Any, settings: Any, grpc_server: Any) -> None:
+def _sighup_while_loading(signum: int, frame: Any) -> None:
+    _log.warning("SIGHUP ignored: the model is still loading (reload once it is served)")
+
+
+def _log_startup(state: Any, settings: Any, grpc_server: Any, what: str = "serving") -> None:
     info = state.manager.info
     grpc_address = None if grpc_server is None else grpc_server.address
     _log.info(
-        "serving provider=%s model=%s dimension=%d dtype=%s fingerprint=%s limits=%s on "
+        "%s provider=%s model=%s dimension=%d dtype=%s fingerprint=%s limits=%s on "
         "http://%s:%d grpc=%s",
+        what,
         info.provider,
         info.model,
         info.dimension,

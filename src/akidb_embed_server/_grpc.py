@@ -147,20 +147,29 @@ class _Health(health.aio.HealthServicer):  # type: ignore[misc]
 
 
 class _KeyCheck(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """``authorization: Bearer <key>`` metadata, checked against the HTTP server's keys."""
+    """``authorization: Bearer <key>`` metadata, checked against the HTTP server's keys
+    (read from ``front.settings`` at each call: a reload may change them)."""
 
-    def __init__(self, front: GrpcServer, keys: KeySet, public: frozenset[str]) -> None:
+    def __init__(self, front: GrpcServer) -> None:
         self._front = front
-        self._keys = keys
-        self._public = public
+        self._seen: ServerSettings | None = None
+        self._keys: KeySet | None = None
+        self._public: frozenset[str] = frozenset()
 
     async def intercept_service(
         self,
         continuation: Callable[[Any], Awaitable[Any]],
         details: grpc.HandlerCallDetails,
     ) -> Any:
+        settings = self._front.settings
+        if settings is not self._seen:
+            self._keys = KeySet(settings.api_keys) if settings.api_keys else None
+            self._public = frozenset({f"/{HEALTH_SERVICE}", *settings.public_paths})
+            self._seen = settings
         method: str = details.method
-        if method in self._public or method.rpartition("/")[0] in self._public:
+        if self._keys is None or method in self._public:
+            return await continuation(details)
+        if method.rpartition("/")[0] in self._public:
             return await continuation(details)
         token = None
         for key, value in details.invocation_metadata or ():
@@ -255,10 +264,7 @@ class GrpcServer:
             # silently instead of failing to bind it.
             ("grpc.so_reuseport", 0),
         ]
-        interceptors = []
-        if s.api_keys:
-            public = frozenset({f"/{HEALTH_SERVICE}", *s.public_paths})
-            interceptors.append(_KeyCheck(self, KeySet(s.api_keys), public))
+        interceptors = [_KeyCheck(self)]
         server = grpc.aio.server(interceptors=interceptors, options=options)
         server.add_generic_rpc_handlers((self._handlers(),))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -482,7 +488,7 @@ class GrpcServer:
             truncation=_TRUNCATION[message.truncation],
         )
         embedded = await service.embed(request, timeout=context.time_remaining())
-        renormalize = service.manager.config.normalize if normalize is None else normalize
+        renormalize = embedded.normalized if normalize is None else normalize
         return _embed_response(service, embedded, dimensions, renormalize)
 
     async def _embed_stream(
@@ -616,7 +622,7 @@ def _embed_response(
     response = embedded.response
     vectors = service.cut(response.embeddings, dimensions, renormalize)
     out = embed_pb2.EmbedResponse(
-        model=service.served_model,
+        model=embedded.model,
         dimension=vectors.shape[1],
         usage=embed_pb2.Usage(
             texts=int(response.usage.get("texts", embedded.texts)),

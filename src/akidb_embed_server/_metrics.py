@@ -11,6 +11,7 @@ dropped texts are read from :meth:`Batcher.stats` when scraped.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,7 @@ from prometheus_client.registry import Collector
 
 from akidb_embed import EmbeddingManager, ProviderCallEvent, RequestEvent
 
-from ._batcher import Batcher, BatchEvent
+from ._batcher import Batcher, BatcherStats, BatchEvent
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -49,18 +50,17 @@ BATCH_TOKEN_BUCKETS = (
 class _BatcherCollector(Collector):
     """Gauges and counters read from ``Batcher.stats()`` at scrape time."""
 
-    def __init__(self, batcher: Callable[[], Batcher | None]) -> None:
-        self._batcher = batcher
+    def __init__(self, stats: Callable[[], BatcherStats | None]) -> None:
+        self._stats = stats
 
     def describe(self) -> list[Metric]:
         return list(self._families(None))
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._families(self._batcher())
+        yield from self._families(self._stats())
 
     @staticmethod
-    def _families(batcher: Batcher | None) -> Iterator[Metric]:
-        stats = None if batcher is None else batcher.stats()
+    def _families(stats: BatcherStats | None) -> Iterator[Metric]:
         depth = GaugeMetricFamily(PREFIX + "queue_depth", "Texts waiting in the batcher's queue.")
         requests = GaugeMetricFamily(
             PREFIX + "queue_requests", "Requests with texts waiting in the batcher's queue."
@@ -189,8 +189,27 @@ class ServerMetrics:
             ["type"],
             registry=r,
         )
+        self.reloads = Counter(
+            PREFIX + "reloads",
+            "Configuration reloads (SIGHUP, POST /admin/reload), by result: success or "
+            "failure (nothing changed).",
+            ["result"],
+            registry=r,
+        )
+        for result in ("success", "failure"):
+            self.reloads.labels(result)
+        self._model = Info(PREFIX + "model", "The served model.", registry=r)
+        self._describe(manager, served_model)
+        #: What the batcher gauges and counters are read from at scrape time (the
+        #: service sets its own, which counts across reloads).
+        self.stats: Callable[[], BatcherStats | None] = lambda: (
+            None if self._batcher is None else self._batcher.stats()
+        )
+        r.register(_BatcherCollector(lambda: self.stats()))
+
+    def _describe(self, manager: EmbeddingManager, served_model: str) -> None:
         info = manager.info
-        Info(PREFIX + "model", "The served model.", registry=r).info(
+        self._model.info(
             {
                 "provider": info.provider,
                 "model": info.model,
@@ -200,13 +219,31 @@ class ServerMetrics:
                 "version": __version__,
             }
         )
-        r.register(_BatcherCollector(lambda: self._batcher))
 
     def attach(self, batcher: Batcher) -> None:
         """Observe *batcher*'s batches and the manager's provider calls."""
         self._batcher = batcher
         batcher.add_observer(self.observe_batch)
         self.manager.add_observer(self._provider_observer)
+
+    def switch(self, manager: EmbeddingManager, batcher: Batcher, served_model: str) -> None:
+        """A reload replaced the manager or batcher: observe the new ones too and
+        describe the new model. The old ones stay observed until :meth:`release`."""
+        if batcher is not self._batcher:
+            batcher.add_observer(self.observe_batch)
+        if manager is not self.manager:
+            manager.add_observer(self._provider_observer)
+        self.manager, self._batcher = manager, batcher
+        self._describe(manager, served_model)
+
+    def release(self, batcher: Batcher, manager: EmbeddingManager | None) -> None:
+        """Stop observing a batcher (and manager) replaced by :meth:`switch`."""
+        if batcher is not self._batcher:
+            with contextlib.suppress(ValueError):
+                batcher.remove_observer(self.observe_batch)
+        if manager is not None and manager is not self.manager:
+            with contextlib.suppress(ValueError):
+                manager.remove_observer(self._provider_observer)
 
     def detach(self) -> None:
         """Stop observing (the manager may outlive this app)."""

@@ -108,8 +108,17 @@ class InfoResponse(BaseModel):
     model: dict[str, Any]
     fingerprint: dict[str, Any]
     limits: dict[str, Any]
+    batcher: dict[str, Any] | None = None
+    reload: dict[str, Any] | None = None
     version: str
     core_version: str
+
+
+class ReloadResponse(BaseModel):
+    """``POST /admin/reload``: ``status`` ``reloaded`` and what the reload did."""
+
+    status: str
+    reload: dict[str, Any]
 
 
 class Status(BaseModel):

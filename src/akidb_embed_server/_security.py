@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from fastapi import FastAPI
@@ -27,7 +27,17 @@ from akidb_embed.errors import ConfigError
 from ._limits import BodyLimitMiddleware, ErrorRenderer
 from ._settings import ServerSettings
 
-__all__ = ["APIKeyMiddleware", "KeySet", "bearer_token", "check_keys", "install_security"]
+__all__ = [
+    "ADMIN_PREFIX",
+    "APIKeyMiddleware",
+    "KeySet",
+    "bearer_token",
+    "check_keys",
+    "install_security",
+]
+
+#: Paths of the admin API, guarded by the admin keys instead of the client keys.
+ADMIN_PREFIX = "/admin/"
 
 _REALM = 'Bearer realm="akidb-embed"'
 
@@ -101,22 +111,45 @@ class APIKeyMiddleware:
         self,
         app: ASGIApp,
         *,
-        keys: Sequence[str],
-        public_paths: Iterable[str],
+        keys: Sequence[str] = (),
+        public_paths: Iterable[str] = (),
         render: ErrorRenderer,
+        settings: Callable[[], ServerSettings] | None = None,
     ) -> None:
         self.app = app
-        self._keys = KeySet(keys)
+        self._settings = settings
+        self._seen: ServerSettings | None = None
+        self._keys: KeySet | None = KeySet(keys) if settings is None else None
         self._public = frozenset(public_paths)
+        self._admin = False
         self._render = render
 
     def accepts(self, token: bytes) -> bool:
         """Whether *token* is one of the keys, compared in constant time."""
-        return self._keys.accepts(token)
+        return self._keys is not None and self._keys.accepts(token)
+
+    def _refresh(self) -> None:
+        # Keys read from live settings (a reload may change them): digests are
+        # recomputed only when the settings object changed.
+        assert self._settings is not None
+        current = self._settings()
+        if current is not self._seen:
+            self._keys = KeySet(current.api_keys) if current.api_keys else None
+            self._public = frozenset(current.public_paths)
+            self._admin = bool(current.admin_api_keys)
+            self._seen = current
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind not in ("http", "websocket") or scope["path"] in self._public:
+        if self._settings is not None:
+            self._refresh()
+        path = scope.get("path", "")
+        if (
+            kind not in ("http", "websocket")
+            or self._keys is None  # no client keys: open
+            or path in self._public
+            or (self._admin and path.startswith(ADMIN_PREFIX))  # the admin keys guard it
+        ):
             await self.app(scope, receive, send)
             return
         token = bearer_token(scope["headers"])
@@ -173,24 +206,34 @@ def _document_bearer_auth(app: FastAPI, public_paths: Iterable[str]) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def install_security(app: FastAPI, settings: ServerSettings, render: ErrorRenderer) -> None:
+def install_security(
+    app: FastAPI,
+    settings: ServerSettings,
+    render: ErrorRenderer,
+    current: Callable[[], ServerSettings] | None = None,
+) -> None:
     """Add the body limit, API keys (when set) and CORS (when origins are set) to *app*.
 
     From the outside in: CORS, so preflights are answered without a key and a 401 still
     carries the CORS headers a browser needs to read it; then API keys, so a request
     without one is refused before its body is read; then the body limit. Middleware
-    added to *app* after this call wraps all three.
+    added to *app* after this call wraps all three. With *current* (the live settings,
+    which a reload replaces), the keys and public paths are read from it at each
+    request, so a reload can add, change or remove them.
     """
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, render=render)
     if settings.api_keys:
         check_keys(settings.api_keys)  # now, not when the middleware stack is built
+        _document_bearer_auth(app, settings.public_paths)
+    if current is not None:
+        app.add_middleware(APIKeyMiddleware, render=render, settings=current)
+    elif settings.api_keys:
         app.add_middleware(
             APIKeyMiddleware,
             keys=settings.api_keys,
             public_paths=settings.public_paths,
             render=render,
         )
-        _document_bearer_auth(app, settings.public_paths)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

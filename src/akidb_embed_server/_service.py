@@ -9,18 +9,25 @@ the served model name, the limits and the info.
 
 Adapters reach the model only through the service (``service.manager``,
 ``service.batcher``, read at each request), never through a manager captured when they
-were built, so the manager and batcher can be replaced while the server runs.
+were built, so the manager and batcher can be replaced while the server runs
+(:meth:`EmbeddingService.swap`, used by ``_reload``). Each embed call pins the manager and
+batcher it starts with, and moves to the new pair only while none of its texts is in a
+batch: all its texts are computed by one provider, and its :class:`Embedded` result names
+that provider's model, whatever a reload does meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import gc
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -36,13 +43,16 @@ from akidb_embed.errors import (
     TruncationError,
 )
 
-from ._batcher import Batcher, RequestTiming
+from ._batcher import Batcher, BatcherStats, RequestTiming
 from ._limits import RequestLimitError, check_inputs
 from ._logging import current_request
 from ._metrics import ServerMetrics
 from ._settings import ServerSettings
 from ._version import __version__
 from .errors import BatcherClosedError, QueueFullError, RequestTimeoutError
+
+if TYPE_CHECKING:
+    from ._reload import Reloader
 
 __all__ = ["PROBE_TEXT", "Embedded", "EmbeddingService", "Failure", "FailureKind", "failure_of"]
 
@@ -110,13 +120,19 @@ def failure_of(exc: BaseException) -> Failure:
 
 @dataclass(frozen=True)
 class Embedded:
-    """One answered embed call: the manager's response and where its time went (seconds)."""
+    """One answered embed call: the manager's response and where its time went (seconds).
+
+    ``model`` is the served name of the model that computed it and ``normalized`` that
+    model's default normalisation (a reload may have changed both since).
+    """
 
     response: BatchEmbeddingResponse
     texts: int
     queue_s: float
     inference_s: float
     total_s: float
+    model: str = ""
+    normalized: bool = True
 
     @property
     def tokens(self) -> int:
@@ -152,6 +168,17 @@ class EmbeddingService:
         if settings.metrics_enabled:
             self.metrics = ServerMetrics(manager, self.served_model)
         self._recovery: asyncio.Future[Any] | None = None
+        #: Replaces the provider and settings while serving (set by ``akidb-embed serve``).
+        self.reloader: Reloader | None = None
+        # Batchers replaced by a reload, still finishing their requests; and the counters
+        # of the ones closed since, so /info and /metrics count since start.
+        self._retiring: set[Batcher] = set()
+        self._retired = _ZERO_STATS
+        # The embed calls in each batcher, with their timing (did a batch take them?),
+        # and the ones swap() moved to the new batcher (cancelled in the old one).
+        self._attempts: dict[Batcher, dict[asyncio.Future[Any], RequestTiming]] = {}
+        self._moved: set[asyncio.Future[Any]] = set()
+        self._moved_texts = 0
         # Validate the batcher options now, not at the first request.
         Batcher(manager, **settings.batcher_options())
 
@@ -160,7 +187,10 @@ class EmbeddingService:
     @property
     def served_model(self) -> str:
         """The name clients give as ``model``."""
-        return self.settings.served_model_name or self.manager.info.model
+        return self._served_name(self.manager)
+
+    def _served_name(self, manager: EmbeddingManager) -> str:
+        return self.settings.served_model_name or manager.info.model
 
     @property
     def dimension(self) -> int:
@@ -197,10 +227,54 @@ class EmbeddingService:
             "fingerprint": model_info.fingerprint(),
             "limits": self.limits(),
             # Counters since start (batches, batched/dropped texts, queue depth).
-            "batcher": None if self.batcher is None else asdict(self.batcher.stats()),
+            "batcher": None if (stats := self.batcher_stats()) is None else asdict(stats),
+            "reload": None if self.reloader is None else self.reloader.status(),
             "version": __version__,
             "core_version": core_version,
         }
+
+    def batcher_stats(self) -> BatcherStats | None:
+        """The batcher's stats, counting since start across reloads: the gauges sum the
+        current batcher and the replaced ones still finishing, the counters add the
+        replaced ones' (None before :meth:`start`)."""
+        if self.batcher is None:
+            return None
+        live = [self.batcher.stats(), *(b.stats() for b in self._retiring)]
+        total = asdict(_add([self._retired, *live]))
+        # Texts moved to a new batcher left the old one's queue as "dropped": they were not.
+        total["dropped_texts"] -= self._moved_texts
+        return BatcherStats(**{**total, "closed": live[0].closed})
+
+    def swap(self, manager: EmbeddingManager, batcher: Batcher) -> tuple[EmbeddingManager, Batcher]:
+        """Serve *manager* through *batcher* from now on (both started and probed); the
+        previous pair, which keeps answering the requests it holds, is returned for the
+        caller to :meth:`retire`. Call it on the event loop."""
+        old = self.manager, self.batcher
+        assert old[1] is not None, "swap() before start()"
+        self.manager, self.batcher = manager, batcher
+        self._retiring.add(old[1])
+        # Requests none of whose texts is in a batch yet move to the new pair; the old
+        # provider finishes only the batches already cut.
+        for work, timing in self._attempts.get(old[1], {}).items():
+            if not work.done() and not timing.cut:
+                self._moved.add(work)
+                work.cancel()
+        if self.metrics is not None:
+            self.metrics.switch(manager, batcher, self.served_model)
+        return old[0], old[1]
+
+    async def retire(self, batcher: Batcher, manager: EmbeddingManager | None) -> None:
+        """Let *batcher* (replaced by :meth:`swap`) finish its requests, then close it
+        and, if given, *manager* (in a thread: a python-bridge worker exits)."""
+        try:
+            await batcher.close(drain_timeout=self.settings.drain_timeout_s)
+        finally:
+            self._retiring.discard(batcher)
+            self._retired = _add([self._retired, batcher.stats()])
+            if self.metrics is not None:
+                self.metrics.release(batcher, manager)
+            if manager is not None:
+                await asyncio.to_thread(_close_and_release, manager)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -209,6 +283,7 @@ class EmbeddingService:
         self.batcher = Batcher(self.manager, **self.settings.batcher_options())
         await self.batcher.embed(EmbeddingRequest([PROBE_TEXT]), timeout=self.request_timeout_s)
         if self.metrics is not None:  # after the probe: the metrics count clients' work
+            self.metrics.stats = self.batcher_stats
             self.metrics.attach(self.batcher)
         self.ready = True
 
@@ -216,6 +291,8 @@ class EmbeddingService:
         """Stop taking requests; let the queued ones finish within ``drain_timeout_s``."""
         self.ready = False
         self.draining = True
+        if self.reloader is not None:  # a reload under way gives up; replaced ones close
+            await self.reloader.aclose()
         if self.batcher is not None:
             await self.batcher.close(drain_timeout=self.settings.drain_timeout_s)
         if self.metrics is not None:
@@ -264,7 +341,7 @@ class EmbeddingService:
 
     def cut(self, vectors: np.ndarray, dimensions: int | None, renormalize: bool) -> np.ndarray:
         """Keep the first *dimensions* components (Matryoshka), re-normalised if asked."""
-        if dimensions is None or dimensions == self.dimension:
+        if dimensions is None or dimensions >= vectors.shape[1]:
             return vectors
         out: np.ndarray = np.ascontiguousarray(vectors[:, :dimensions], dtype=np.float32)
         if renormalize:
@@ -312,7 +389,8 @@ class EmbeddingService:
         record = current_request()
         if record is not None:
             record.texts = len(inputs)
-        batcher = self.batcher
+        # Pinned: a reload from here on does not change who computes this request.
+        manager, batcher = self.manager, self.batcher
         if self.draining or batcher is None:
             raise Failure("unavailable", "the server is shutting down", "unavailable")
         deadline = self.request_timeout_s
@@ -323,12 +401,47 @@ class EmbeddingService:
             deadline = timeout if deadline is None else min(deadline, timeout)
         timing = RequestTiming()
         start = time.perf_counter()
-        if client_gone is None:
-            response = await batcher.embed(request, timeout=deadline, timing=timing)
-        else:
-            response = await _embed_unless_gone(batcher, request, deadline, timing, client_gone)
+        while True:
+            left = None if deadline is None else deadline - (time.perf_counter() - start)
+            work = asyncio.ensure_future(batcher.embed(request, timeout=left, timing=timing))
+            attempts = self._attempts.setdefault(batcher, {})
+            attempts[work] = timing
+            try:
+                if client_gone is None:
+                    response = await work
+                else:
+                    response = await _unless_gone(work, client_gone)
+                break
+            except asyncio.CancelledError:
+                if work not in self._moved:
+                    raise
+                # swap() took it out of the old batcher's queue before any of its texts
+                # was cut into a batch: it runs on the new pair. (Cut between the cancel
+                # and its delivery, the rest of it would count as dropped: harmless.)
+                self._moved.discard(work)
+                if not timing.cut:
+                    self._moved_texts += len(inputs)
+            except BatcherClosedError:
+                if self.draining or self.batcher is batcher or self.batcher is None:
+                    raise
+                # A reload closed the batcher pinned above before the request reached
+                # it (or before its drain answered it): none of its vectors was given
+                # out, so the whole request runs again, on the new pair.
+            finally:
+                attempts.pop(work, None)
+                if not attempts:
+                    self._attempts.pop(batcher, None)
+            manager, batcher = self.manager, self.batcher
+            assert batcher is not None
+            timing = RequestTiming()
         embedded = Embedded(
-            response, len(inputs), timing.queue, timing.inference, time.perf_counter() - start
+            response,
+            len(inputs),
+            timing.queue,
+            timing.inference,
+            time.perf_counter() - start,
+            model=self._served_name(manager),
+            normalized=manager.config.normalize,
         )
         if record is not None:  # the same figures feed the access log and the metrics
             record.tokens = embedded.tokens
@@ -338,17 +451,14 @@ class EmbeddingService:
         return embedded
 
 
-async def _embed_unless_gone(
-    batcher: Batcher,
-    request: EmbeddingRequest,
-    deadline: float | None,
-    timing: RequestTiming,
+async def _unless_gone(
+    work: asyncio.Future[BatchEmbeddingResponse],
     client_gone: Callable[[], Awaitable[object]],
 ) -> BatchEmbeddingResponse:
-    work = asyncio.ensure_future(batcher.embed(request, timeout=deadline, timing=timing))
     gone = asyncio.ensure_future(client_gone())
+    waiting: list[asyncio.Future[Any]] = [work, gone]
     try:
-        done, _ = await asyncio.wait([work, gone], return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
     finally:
         gone.cancel()
         if not work.done():  # client gone, or this task cancelled: the batcher drops it
@@ -359,3 +469,22 @@ async def _embed_unless_gone(
         message = "the client closed the connection before the answer"
         raise Failure("cancelled", message, "client_closed")
     return work.result()
+
+
+_ZERO_STATS = BatcherStats(0, 0, 0, 0, 0, 0, 0, 0, closed=False)
+
+
+def _add(stats: list[BatcherStats]) -> BatcherStats:
+    total = {f.name: sum(getattr(s, f.name) for s in stats) for f in fields(BatcherStats)}
+    return BatcherStats(**{**total, "closed": False})
+
+
+def _close_and_release(manager: EmbeddingManager) -> None:
+    """Close a replaced manager and give the memory its provider used back to the OS:
+    glibc keeps freed heap pages (a 90 MB ONNX session's) in its arenas otherwise, and
+    the server's resident size would stay at the two providers' peak after a switch."""
+    manager.close()
+    gc.collect()  # a provider held in a reference cycle goes now, not at some later collection
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError, AttributeError):  # not glibc (musl): nothing to trim
+            ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -63,6 +63,10 @@ class ServerSettings:
         A file with one key per line (blank lines and ``#`` comment lines skipped), read
         on construction and added to *api_keys*; missing, unreadable or keyless is an
         error.
+    admin_api_keys:
+        Keys of the admin API (``POST /admin/reload``), separate from *api_keys*: an
+        admin key is not a client key, nor the reverse. Empty (the default) turns the
+        admin API off (its paths answer 404).
     public_paths:
         Paths answered without a key even when keys are set.
     cors_origins:
@@ -97,6 +101,7 @@ class ServerSettings:
     port: int = 8080
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     api_key_file: str | None = None
+    admin_api_keys: tuple[str, ...] = field(default=(), repr=False)
     public_paths: tuple[str, ...] = ("/health", "/metrics")
     cors_origins: tuple[str, ...] = ()
     max_batch_tokens: int = 16384
@@ -180,7 +185,8 @@ class ServerSettings:
         for name in _FIELDS:
             value = getattr(self, name)
             values[name] = list(value) if isinstance(value, tuple) else value
-        values["api_keys"] = [SECRET_MASK] * len(self.api_keys)
+        for name in _SECRETS:
+            values[name] = [SECRET_MASK] * len(getattr(self, name))
         return values
 
     def batcher_options(self) -> dict[str, Any]:
@@ -270,7 +276,9 @@ _DEFAULTS: dict[str, Any] = {
 
 # Settings by kind; every field is in exactly one.
 _STRINGS = ("host", "api_key_file", "log_format", "log_level", "served_model_name")
-_LISTS = ("api_keys", "public_paths", "cors_origins")
+_LISTS = ("api_keys", "admin_api_keys", "public_paths", "cors_origins")
+# Never shown: to_dict() masks them, error messages name their type only.
+_SECRETS = ("api_keys", "admin_api_keys")
 _INTS = (
     "port",
     "max_batch_tokens",
@@ -308,7 +316,7 @@ def _same(value: Any, default: Any) -> bool:
 
 
 def _type_error(name: str, expected: str, value: Any, source: str) -> ConfigTypeError:
-    if name != "api_keys":
+    if name not in _SECRETS:
         return ConfigTypeError(name, expected, value, source)
     err = ConfigTypeError(name, expected, SECRET_MASK, source)
     # The value may be a key: name its type only.
@@ -383,7 +391,7 @@ def _check(name: str, value: Any, source: str) -> Any:
 
 def _check_list(name: str, items: tuple[str, ...], source: str) -> None:
     for i, item in enumerate(items):
-        if name == "api_keys":
+        if name in _SECRETS:
             problem = _key_problem(item)
             if problem:
                 raise ConfigValueError(name, f"key {i} {problem}", source)
@@ -454,7 +462,7 @@ def _parse_env(key: str, raw: str, source: str) -> Any:
 
 def config_section(path: str | None) -> dict[str, tuple[Any, str]]:
     """The ``[server]`` section of ``akidb-embed config``: ``{setting: (value, source)}``,
-    API keys masked (entry point ``akidb_embed.config_sections``)."""
+    API keys (client and admin) masked (entry point ``akidb_embed.config_sections``)."""
     settings = ServerSettings.load(path)
     values = settings.to_dict()
     sources = settings.sources()

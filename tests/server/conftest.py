@@ -35,6 +35,15 @@ from akidb_embed import EmbeddingManager
 READY_TIMEOUT = 120.0  # the onnx model loads in seconds; a bound, not an expectation
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the test process dies (Linux only)."""
+    if sys.platform == "linux":
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
@@ -87,6 +96,8 @@ class Served:
             env={**os.environ, **(env or {})},
             # Its own process group: stop() can reach the workers it started as well.
             start_new_session=True,
+            # And it dies with this process, even one killed before its fixtures ran.
+            preexec_fn=_die_with_parent,
         )
         if wait:
             self.wait_ready(ready_timeout)
