@@ -66,7 +66,7 @@ class MockEmbeddingProvider:
     config:
         When built through the registry, the resolved config; ``options`` may set
         ``dimension``, ``latency``, ``seed``, ``max_tokens``, ``max_concurrency``,
-        ``token_input``, ``vocab_size``, ``load_delay``.
+        ``token_input``, ``vocab_size``, ``load_delay``, ``fail_every``.
     dimension:
         Vector length (default 384, like all-MiniLM-L6-v2).
     latency:
@@ -141,7 +141,10 @@ class MockEmbeddingProvider:
         self.latency = float(options.get("latency", latency))
         self.seed = int(options.get("seed", seed))
         self.max_tokens = options.get("max_tokens", max_tokens)
-        self.fail_every = fail_every
+        fail_every = options.get("fail_every", fail_every)
+        if fail_every is not None and (isinstance(fail_every, bool) or int(fail_every) < 1):
+            raise ValueError(f"fail_every must be an integer >= 1, got {fail_every!r}")
+        self.fail_every = None if fail_every is None else int(fail_every)
         self.fail_on = fail_on
         self.failure = failure if failure is not None else MockProviderFailure
         self.model = model

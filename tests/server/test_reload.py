@@ -212,6 +212,8 @@ def test_broken_configurations_change_nothing_and_a_good_one_then_loads(
         ("UnknownProviderError", '[embedding]\nprovider = "no-such-provider"\n'),
         ("ModelNotFoundError", f'[embedding]\nprovider = "onnx"\nmodel = "{missing}"\n'),
         ("UnknownConfigKeyError", mock_toml() + "\n[server]\nno_such_setting = 1\n"),
+        # Builds, then fails the probe text (the mock's injected failure on every call).
+        ("injected failure", mock_toml("mock-c") + "\n[embedding.options]\nfail_every = 1\n"),
     ]
 
     async def reloads(http: httpx.AsyncClient) -> list[httpx.Response]:
@@ -244,11 +246,11 @@ def test_broken_configurations_change_nothing_and_a_good_one_then_loads(
     assert set(load.models) == {"mock", "mock-b"}, load.models
     state = info(served)
     assert state["model"]["model"] == "mock-b"
-    assert state["reload"]["reloads"] == {"success": 1, "failure": 4}
+    assert state["reload"]["reloads"] == {"success": 1, "failure": 5}
     assert state["reload"]["last"]["result"] == "success"
-    assert "UnknownConfigKeyError" in state["reload"]["last_error"]["message"]
+    assert "injected failure" in state["reload"]["last_error"]["message"]
     metrics = httpx.get(f"{served.url}/metrics", timeout=10).text
-    assert 'akidb_embed_reloads_total{result="failure"} 4.0' in metrics
+    assert 'akidb_embed_reloads_total{result="failure"} 5.0' in metrics
     assert "reload failed, nothing changed" in served.output()
 
 
