@@ -208,6 +208,25 @@ def test_concurrent_runs_default_to_int8_on_the_cpu(
     capped.close()
 
 
+def test_allow_spinning_reaches_every_session(minilm_onnx_int8_dir: Path, texts: list[str]) -> None:
+    key = "session.intra_op.allow_spinning"
+    quiet = _provider(minilm_onnx_int8_dir, options={"threads": 2, "allow_spinning": False})
+    spinning = _provider(minilm_onnx_int8_dir, options={"threads": 2})
+    np.testing.assert_allclose(
+        quiet.embed_batch(texts[:12]), spinning.embed_batch(texts[:12]), atol=1e-5
+    )
+    single, _ = quiet._concurrent_pool()  # the int8 single-threaded session too
+    for session in (quiet._session, single):
+        assert session.get_session_options().get_session_config_entry(key) == "0"
+    # Unset: onnxruntime's own default (the entry is absent).
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        spinning._session.get_session_options().get_session_config_entry(key)
+    quiet.close()
+    spinning.close()
+    with pytest.raises(ConfigTypeError, match="allow_spinning"):
+        _provider(minilm_onnx_int8_dir, options={"allow_spinning": "no"})
+
+
 @pytest.mark.parametrize("dtype", ["fp32", "int8"])
 def test_concurrent_runs_give_the_sequential_vectors(
     dtype: str, minilm_onnx_dir: Path, minilm_onnx_int8_dir: Path, texts: list[str]

@@ -477,3 +477,15 @@ def test_serve_refuses_a_bad_setting_before_loading(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     assert "'max_body_bytes'" in result.stderr and str(path.resolve()) in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_serve_turns_onnx_spinning_off_unless_configured() -> None:
+    from akidb_embed import EmbeddingConfig
+    from akidb_embed_server._cli import serve_config
+
+    onnx = serve_config(EmbeddingConfig(provider="onnx", options={"threads": 2}))
+    assert onnx.options == {"threads": 2, "allow_spinning": False}
+    kept = serve_config(EmbeddingConfig(provider="onnx", options={"allow_spinning": True}))
+    assert kept.options == {"allow_spinning": True}
+    mock = EmbeddingConfig(provider="mock")
+    assert serve_config(mock) is mock
