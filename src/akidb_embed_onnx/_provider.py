@@ -69,8 +69,9 @@ _OPTIONS = (
     "execution_providers",
     "session_batch_size",
     "concurrent_runs",
-    "allow_spinning",
+    "spinning",
 )
+_SPINNING = ("always", "in_run", "never")
 # Benchmarks behind these three: benchmarks/README.md, "Measured choices in the onnx provider".
 # Texts per session run on the CPU: small batches keep activations in cache.
 _CPU_SESSION_BATCH = 8
@@ -161,12 +162,14 @@ class OnnxEmbeddingProvider:
             against a single-threaded session (queries and one-run calls keep the
             multi-threaded session). Default: the thread count for int8 models on the
             CPU (then ``session_batch_size`` defaults to 2), else 1.
-        ``allow_spinning``
-            Whether onnxruntime's intra-op threads spin-wait for work between runs
-            (``session.intra_op.allow_spinning``); default true, onnxruntime's own
-            default. Spinning saves a few microseconds per run but keeps the cores busy
-            between calls; ``akidb-embed serve`` sets it false unless configured, so the
-            threads leave the cores to the event loop between requests.
+        ``spinning``
+            When onnxruntime's threads spin-wait for work: ``"always"`` (onnxruntime's
+            default: fastest for back-to-back calls, but the cores stay busy between
+            calls), ``"in_run"`` (spin inside a run, stop when it returns:
+            ``session.force_spinning_stop``) or ``"never"``
+            (``session.intra_op.allow_spinning = 0``: least CPU, slower runs).
+            ``akidb-embed serve`` sets ``"in_run"`` unless configured, so the threads
+            leave the cores to the event loop between requests.
         ``execution_providers``
             ONNX Runtime execution providers in priority order (``["cuda", "cpu"]``, or
             ``[["CUDAExecutionProvider", {"device_id": 1}]]``). One that this
@@ -208,9 +211,7 @@ class OnnxEmbeddingProvider:
         on_cpu = all(name == "CPUExecutionProvider" for name, _ in providers)
         concurrent = int_option(options, "concurrent_runs")
         session_batch = int_option(options, "session_batch_size")
-        spinning = options.get("allow_spinning", True)
-        if not isinstance(spinning, bool):
-            raise ConfigTypeError("options.allow_spinning", "true or false", spinning, "options")
+        spinning = str_option(options, "spinning", choices=_SPINNING) or "always"
 
         import onnxruntime as ort
 
@@ -512,7 +513,9 @@ class OnnxEmbeddingProvider:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = inter_threads
-        if not spinning:
+        if spinning == "in_run":
+            options.add_session_config_entry("session.force_spinning_stop", "1")
+        elif spinning == "never":
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -121,9 +121,9 @@ def _server_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 #: Provider options ``serve`` sets unless the configuration gives them. onnxruntime's
-#: intra-op threads spin between runs, taking the cores the event loop needs between
-#: requests: off, CPU per request halves at one client (benchmarks/README.md#server).
-SERVE_OPTION_DEFAULTS: dict[str, dict[str, Any]] = {"onnx": {"allow_spinning": False}}
+#: threads spin between runs by default, taking the cores the event loop needs between
+#: requests; spinning only inside runs keeps single-query latency (benchmarks/README.md#server).
+SERVE_OPTION_DEFAULTS: dict[str, dict[str, Any]] = {"onnx": {"spinning": "in_run"}}
 
 
 def serve_config(config: Any) -> Any:
