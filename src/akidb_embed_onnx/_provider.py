@@ -69,7 +69,9 @@ _OPTIONS = (
     "execution_providers",
     "session_batch_size",
     "concurrent_runs",
+    "spinning",
 )
+_SPINNING = ("always", "in_run", "never")
 # Benchmarks behind these three: benchmarks/README.md, "Measured choices in the onnx provider".
 # Texts per session run on the CPU: small batches keep activations in cache.
 _CPU_SESSION_BATCH = 8
@@ -154,6 +156,14 @@ class OnnxEmbeddingProvider:
             against a single-threaded session (queries and one-run calls keep the
             multi-threaded session). Default: the thread count for int8 models on the
             CPU (then ``session_batch_size`` defaults to 2), else 1.
+        ``spinning``
+            When onnxruntime's threads spin-wait for work: ``"always"`` (onnxruntime's
+            default: fastest for back-to-back calls, but the cores stay busy between
+            calls), ``"in_run"`` (spin inside a run, stop when it returns:
+            ``session.force_spinning_stop``) or ``"never"``
+            (``session.intra_op.allow_spinning = 0``: least CPU, slower runs).
+            ``akidb-embed serve`` sets ``"in_run"`` unless configured, so the threads
+            leave the cores to the event loop between requests.
         ``execution_providers``
             ONNX Runtime execution providers in priority order (``["cuda", "cpu"]``, or
             ``[["CUDAExecutionProvider", {"device_id": 1}]]``). One that this
@@ -195,6 +205,7 @@ class OnnxEmbeddingProvider:
         on_cpu = all(name == "CPUExecutionProvider" for name, _ in providers)
         concurrent = int_option(options, "concurrent_runs")
         session_batch = int_option(options, "session_batch_size")
+        spinning = str_option(options, "spinning", choices=_SPINNING) or "always"
 
         import onnxruntime as ort
 
@@ -234,6 +245,7 @@ class OnnxEmbeddingProvider:
             [opts for _, opts in providers],
             inter_threads,
             _CPU_DISABLED_OPTIMIZERS if on_cpu else None,
+            spinning,
         )
         session = self._new_session(threads)
         active = session.get_providers()
@@ -411,10 +423,15 @@ class OnnxEmbeddingProvider:
     def _new_session(self, threads: int) -> Any:
         import onnxruntime as ort
 
-        names, provider_options, inter_threads, disabled = self._session_args
+        names, provider_options, inter_threads, disabled, spinning = self._session_args
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = inter_threads
+        if spinning == "in_run":
+            options.add_session_config_entry("session.force_spinning_stop", "1")
+        elif spinning == "never":
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3

@@ -94,9 +94,10 @@ class BatcherStats:
 @dataclass(eq=False)
 class _Piece:
     owner: _Pending
-    start: int
+    start: int  # position of its first row in the request's (sorted) order
     texts: list[Any]  # texts, or token id tuples for a token-id request
     longest: int
+    rows: list[int] | None = None  # the request's indices of its texts, when sorted
 
 
 @dataclass(eq=False)
@@ -107,6 +108,7 @@ class _Pending:
     future: asyncio.Future[BatchEmbeddingResponse]
     pieces: list[_Piece] = field(default_factory=list)
     results: dict[int, BatchEmbeddingResponse] = field(default_factory=dict)
+    order: list[int] | None = None  # the request's indices in piece order, when sorted
     queued: int = 0  # its texts still counted in the queue
     timing: RequestTiming | None = None
     started: bool = False
@@ -331,9 +333,20 @@ class Batcher:
         return [max(1, n if limit is None else min(n, limit)) for n in counts]
 
     def _split(self, pending: _Pending, lengths: list[int]) -> list[_Piece]:
-        """Cut a request into pieces that each fit one batch, in order."""
+        """Cut a request into pieces that each fit one batch.
+
+        A text request larger than one batch is cut in token-count order, so each piece
+        pads to texts of its own length (as one ``embed`` call sorts its texts), and
+        reassembled in the request's order; a token-id request is cut in order (errors
+        name an index of its piece)."""
         request = pending.request
         texts = list(request.texts if request.token_ids is None else request.token_ids)
+        order: list[int] | None = None
+        if request.token_ids is None and not self._fits(lengths):
+            order = sorted(range(len(texts)), key=lengths.__getitem__)
+            texts = [texts[i] for i in order]
+            lengths = [lengths[i] for i in order]
+            pending.order = order
         pieces: list[_Piece] = []
         start = longest = 0
         for i, n in enumerate(lengths):
@@ -344,7 +357,16 @@ class Batcher:
                 start, top = i, n
             longest = top
         pieces.append(_Piece(pending, start, texts[start:], longest))
+        if order is not None:
+            for piece in pieces:
+                piece.rows = order[piece.start : piece.start + len(piece.texts)]
         return pieces
+
+    def _fits(self, lengths: list[int]) -> bool:
+        """Whether texts of these lengths fit one batch."""
+        return len(lengths) <= self.max_batch_size and (
+            len(lengths) <= 1 or max(lengths) * len(lengths) <= self.max_batch_tokens
+        )
 
     # -- scheduling -------------------------------------------------------------------
 
@@ -474,10 +496,11 @@ class Batcher:
         if pending.done:
             return
         if isinstance(outcome, BaseException):
-            if isinstance(outcome, TruncationError) and piece.start:
-                shifted = TruncationError(
-                    outcome.index + piece.start, outcome.tokens, outcome.max_tokens
+            if isinstance(outcome, TruncationError) and (piece.start or piece.rows):
+                index = (
+                    outcome.index + piece.start if piece.rows is None else piece.rows[outcome.index]
                 )
+                shifted = TruncationError(index, outcome.tokens, outcome.max_tokens)
                 shifted.__cause__ = outcome
                 outcome = shifted
             elif (
@@ -507,6 +530,10 @@ class Batcher:
             for key, value in part.usage.items():
                 usage[key] = usage.get(key, 0) + int(value)
         embeddings = np.concatenate([part.embeddings for part in parts], axis=0)
+        if pending.order is not None:  # cut in token-count order: back to the request's
+            restored = np.empty_like(embeddings)
+            restored[pending.order] = embeddings
+            embeddings = restored
         return BatchEmbeddingResponse(embeddings, parts[0].model, parts[0].dimension, usage)
 
     def _drop(self, pending: _Pending, *, count: bool = True) -> None:

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import time
 from typing import Any
 
 from akidb_embed.cli import add_config_arguments, config_overrides
@@ -87,6 +88,13 @@ def _server_arguments(group: Any) -> None:
         metavar="F",
     )
     add("--drain-timeout-s", "drain_timeout_s", "shutdown drain limit", type=float, metavar="F")
+    add(
+        "--drain-grace-s",
+        "drain_grace_s",
+        "on shutdown, keep the port open this long answering /ready 503",
+        type=float,
+        metavar="F",
+    )
     add("--log-format", "log_format", "log line format", choices=["text", "json"])
     add("--log-level", "log_level", "logging level (INFO, DEBUG, ...)", metavar="LEVEL")
     add("--served-model-name", "served_model_name", "model name clients use", metavar="NAME")
@@ -114,6 +122,19 @@ def _server_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k in ServerSettings.fields() if (v := getattr(args, k, None)) is not None}
 
 
+#: Provider options ``serve`` sets unless the configuration gives them. onnxruntime's
+#: threads spin between runs by default, taking the cores the event loop needs between
+#: requests; spinning only inside runs keeps single-query latency (benchmarks/README.md#server).
+SERVE_OPTION_DEFAULTS: dict[str, dict[str, Any]] = {"onnx": {"spinning": "in_run"}}
+
+
+def serve_config(config: Any) -> Any:
+    """*config* with :data:`SERVE_OPTION_DEFAULTS` filled in for its provider."""
+    defaults = SERVE_OPTION_DEFAULTS.get(config.provider, {})
+    missing = {k: v for k, v in defaults.items() if k not in config.options}
+    return config.replace(options={**config.options, **missing}) if missing else config
+
+
 def _run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -131,12 +152,13 @@ def _run(args: argparse.Namespace) -> int:
 
     def load_configuration() -> tuple[ServerSettings, EmbeddingConfig]:
         settings = ServerSettings.load(args.config, environ=environ, **server_flags)
-        return settings, EmbeddingConfig.load(args.config, env=environ, **embedding_flags)
+        config = EmbeddingConfig.load(args.config, env=environ, **embedding_flags)
+        return settings, serve_config(config)
 
     # Before the model loads, so a bad setting fails at once (and logging can use it).
     settings = ServerSettings.load(args.config, environ=environ, **server_flags)
     configure_logging(settings.log_level, settings.log_format)
-    config = EmbeddingConfig.load(args.config, env=environ, **embedding_flags)
+    config = serve_config(EmbeddingConfig.load(args.config, env=environ, **embedding_flags))
     failures: list[BaseException] = []
     server: Any = None
     grpc_server: Any = None
@@ -158,6 +180,9 @@ def _run(args: argparse.Namespace) -> int:
     def on_settings(new: ServerSettings) -> None:
         if grpc_server is not None:
             grpc_server.settings = new
+        # The drain settings are read at SIGTERM: a reload changes them in place.
+        server.drain_grace_s = new.drain_grace_s
+        server.config.timeout_graceful_shutdown = new.drain_timeout_s
 
     def on_ready(app: Any) -> None:
         state = app.state.server
@@ -203,6 +228,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     server.grpc = grpc_server
     server.failures = failures
+    server.drain_grace_s = settings.drain_grace_s
     # uvicorn re-raises the signal it shut down on once it has restored the previous
     # handlers; these make that a no-op, so a graceful stop exits 0.
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -258,6 +284,8 @@ def _make_server_class() -> Any:
         state: Any = None
         grpc: Any = None  # the GrpcServer, when gRPC is on
         failures: list[BaseException]
+        drain_grace_s: float = 0.0
+        _grace: tuple[float, int] | None = None  # (when it ends, the signal)
 
         async def startup(self, sockets: Any = None) -> None:
             # gRPC binds first: a port it cannot have stops the server before the
@@ -277,6 +305,19 @@ def _make_server_class() -> Any:
                 self.state.draining = True
             if self.grpc is not None:  # health NOT_SERVING, new calls UNAVAILABLE
                 self.grpc.begin_drain_threadsafe()
+            if self.state is not None and self.drain_grace_s > 0 and self._grace is None:
+                # uvicorn closes its socket at should_exit, so a load balancer's next
+                # /ready would be refused, not answered 503: keep listening a while first.
+                # A second signal ends the grace at once.
+                self._grace = (time.monotonic() + self.drain_grace_s, sig)
+                _log.info("draining: /ready answers 503 for %.3g s", self.drain_grace_s)
+                return
             super().handle_exit(sig, frame)
+
+        async def on_tick(self, counter: int) -> bool:
+            grace = self._grace
+            if grace is not None and not self.should_exit and time.monotonic() >= grace[0]:
+                super().handle_exit(grace[1], None)
+            return bool(await super().on_tick(counter))
 
     return Server

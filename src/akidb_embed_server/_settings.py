@@ -85,6 +85,12 @@ class ServerSettings:
         means no deadline.
     drain_timeout_s:
         How long in-flight requests may take to finish on shutdown.
+    drain_grace_s:
+        On shutdown, how long the HTTP port stays open first, answering ``/ready`` 503
+        (and new embed requests 503) while in-flight requests go on, so a load balancer
+        polling readiness sees the server leave before its port closes. ``0`` (the
+        default) closes the port at the signal. ``drain_timeout_s`` counts from the
+        end of the grace.
     log_format, log_level:
         ``text`` or ``json`` lines; a :mod:`logging` level name (stored upper-case).
     metrics_enabled:
@@ -113,6 +119,7 @@ class ServerSettings:
     max_body_bytes: int = 16 * 1024 * 1024
     request_timeout_s: float | None = 30.0
     drain_timeout_s: float = 30.0
+    drain_grace_s: float = 0.0
     log_format: LogFormat = "text"
     log_level: str = "INFO"
     metrics_enabled: bool = True
@@ -289,7 +296,7 @@ _INTS = (
     "max_body_bytes",
     "grpc_port",
 )
-_FLOATS = ("max_wait_ms", "request_timeout_s", "drain_timeout_s")
+_FLOATS = ("max_wait_ms", "request_timeout_s", "drain_timeout_s", "drain_grace_s")
 _BOOLS = ("metrics_enabled", "grpc_enabled")
 _NULLABLE = ("api_key_file", "max_batch_size", "request_timeout_s", "served_model_name")
 # Lower bounds; the ports also have an upper one.
@@ -305,6 +312,7 @@ _MINIMUM: dict[str, float] = {
     "max_wait_ms": 0,
     "request_timeout_s": 0,
     "drain_timeout_s": 0,
+    "drain_grace_s": 0,
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -206,6 +208,35 @@ def test_concurrent_runs_default_to_int8_on_the_cpu(
     capped = _provider(minilm_onnx_dir, options={"threads": 2, "concurrent_runs": 8})
     assert capped.concurrent_runs == 2  # never more runs than threads
     capped.close()
+
+
+def test_spinning_reaches_every_session(minilm_onnx_int8_dir: Path, texts: list[str]) -> None:
+    entries = {
+        "in_run": {"session.force_spinning_stop": "1"},
+        "never": {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"},
+    }
+    every = {key for want in entries.values() for key in want}
+    default = _provider(minilm_onnx_int8_dir, options={"threads": 2})
+    want_vectors = default.embed_batch(texts[:12])
+
+    def config_of(session: Any) -> dict[str, str]:
+        found = {}
+        for key in every:
+            with contextlib.suppress(RuntimeError):  # absent: onnxruntime's default
+                found[key] = session.get_session_options().get_session_config_entry(key)
+        return found
+
+    assert config_of(default._session) == {}  # "always": onnxruntime's own default
+    default.close()
+    for mode, want in entries.items():
+        provider = _provider(minilm_onnx_int8_dir, options={"threads": 2, "spinning": mode})
+        np.testing.assert_allclose(provider.embed_batch(texts[:12]), want_vectors, atol=1e-5)
+        single, _ = provider._concurrent_pool()  # the int8 single-threaded session too
+        for session in (provider._session, single):
+            assert config_of(session) == want, mode
+        provider.close()
+    with pytest.raises(ConfigValueError, match="spinning"):
+        _provider(minilm_onnx_int8_dir, options={"spinning": "sometimes"})
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "int8"])

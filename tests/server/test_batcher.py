@@ -180,6 +180,38 @@ def test_a_large_request_is_split_and_reassembled_in_order(manager: EmbeddingMan
     assert "index 7" in str(failed)
 
 
+def test_a_large_request_is_cut_in_token_order_and_answered_in_its_own(
+    manager: EmbeddingManager,
+) -> None:
+    rng = random.Random(5)
+    texts = [" ".join(rng.choices(WORDS, k=rng.randint(1, 40))) for _ in range(23)]
+    bad = list(texts)
+    bad[11] = "long " * 600
+    events: list[BatchEvent] = []
+
+    async def main() -> tuple[BatchEmbeddingResponse, object]:
+        batcher = Batcher(manager, max_batch_size=4, observers=[events.append])
+        try:
+            good = await batcher.embed(EmbeddingRequest(texts))
+            failed = await outcome(batcher, EmbeddingRequest(bad, truncation="error"))
+            return good, failed
+        finally:
+            await batcher.close(5)
+
+    good, failed = run(main())
+    assert_same(good, manager.embed_many([EmbeddingRequest(texts)])[0])
+    # Pieces hold texts of like length: each pads to little more than its own texts.
+    longest = [e.longest for e in events[:6]]
+    assert longest == sorted(longest) and len(set(longest)) > 1, longest
+    counts = sorted(manager.count_tokens(texts) or [])
+    assert sum(e.padded_tokens for e in events[:6]) == sum(
+        max(counts[i : i + 4]) * len(counts[i : i + 4]) for i in range(0, len(counts), 4)
+    )
+    assert isinstance(failed, TruncationError)
+    assert failed.index == 11  # the request's own numbering, not the sorted one
+    assert "index 11" in str(failed)
+
+
 def test_batches_respect_the_padded_token_budget(manager: EmbeddingManager) -> None:
     rng = random.Random(3)
     requests = [

@@ -195,6 +195,58 @@ def test_sigterm_answers_in_flight_requests_closes_the_provider_and_exits_0(
     assert closed_first, "the worker outlived the server: the provider was not closed"
 
 
+def test_drain_grace_answers_ready_503_before_the_port_closes(serve: Serve) -> None:
+    grace = 1.5
+    served = serve(
+        "--provider", "mock", "--option", "latency=0.4", "--max-wait-ms", "0",
+        "--max-batch-size", "2", "--drain-grace-s", str(grace),
+    )  # fmt: skip
+    texts = [[f"in flight {i}", f"request {i}"] for i in range(3)]
+
+    async def go() -> tuple[list[httpx.Response], list[httpx.Response | None], float]:
+        async with httpx.AsyncClient(base_url=served.url, timeout=30) as client:
+            tasks = [
+                asyncio.ensure_future(client.post("/api/v1/embed", json={"inputs": t}))
+                for t in texts
+            ]
+            await asyncio.sleep(0.2)  # one batch computing, two queued
+            served.signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            answers: list[httpx.Response | None] = []
+            while served.proc.poll() is None and time.monotonic() - signalled < 20:
+                try:  # a new connection each time, as a load balancer's probe
+                    answers.append(await asyncio.to_thread(httpx.get, f"{served.url}/ready"))
+                except httpx.HTTPError:
+                    answers.append(None)  # refused: the grace is over
+                    break
+                await asyncio.sleep(0.05)
+            return await asyncio.gather(*tasks), answers, time.monotonic() - signalled
+
+    responses, answers, elapsed = asyncio.run(go())
+    assert [r.status_code for r in responses] == [200] * len(texts)
+    for r, t in zip(responses, texts, strict=True):
+        np.testing.assert_allclose(r.json()["embeddings"], REFERENCE.embed_batch(t), atol=1e-6)
+    # Answered 503 "draining" (not refused) for the grace, then the port closes.
+    answered = [a for a in answers if a is not None]
+    assert len(answered) >= 5, answers
+    assert all(a.status_code == 503 and a.json() == {"status": "draining"} for a in answered)
+    assert answers[-1] is None and elapsed >= grace * 0.9, (answers, elapsed)
+    assert served.wait(timeout=30) == 0, served.output()
+
+
+def test_a_second_signal_ends_the_drain_grace(serve: Serve) -> None:
+    served = serve("--provider", "mock", "--drain-grace-s", "60")
+    served.signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while served.ready_status() != 503:  # draining, still listening
+        assert time.monotonic() < deadline, served.output()
+        time.sleep(0.02)
+    started = time.monotonic()
+    served.signal(signal.SIGTERM)
+    assert served.wait(timeout=15) == 0, served.output()
+    assert time.monotonic() - started < 10
+
+
 # -- a python-bridge worker killed under load ---------------------------------------------
 
 

@@ -477,3 +477,15 @@ def test_serve_refuses_a_bad_setting_before_loading(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     assert "'max_body_bytes'" in result.stderr and str(path.resolve()) in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_serve_stops_onnx_spinning_between_runs_unless_configured() -> None:
+    from akidb_embed import EmbeddingConfig
+    from akidb_embed_server._cli import serve_config
+
+    onnx = serve_config(EmbeddingConfig(provider="onnx", options={"threads": 2}))
+    assert onnx.options == {"threads": 2, "spinning": "in_run"}
+    kept = serve_config(EmbeddingConfig(provider="onnx", options={"spinning": "always"}))
+    assert kept.options == {"spinning": "always"}
+    mock = EmbeddingConfig(provider="mock")
+    assert serve_config(mock) is mock
