@@ -17,7 +17,7 @@ import numpy as np
 from akidb_embed import EmbeddingConfig, ModelInfo, ProviderCapabilities
 from akidb_embed.backend import (
     DEFAULT_ONNX_FILES,
-    SentenceTransformerSpec,
+    EncoderProvider,
     TextEncoder,
     available_cores,
     check_encoder_inputs,
@@ -122,7 +122,7 @@ def _dtype_of(path: Path, metadata: Mapping[str, str]) -> str:
     return "float32"
 
 
-class OnnxEmbeddingProvider:
+class OnnxEmbeddingProvider(EncoderProvider):
     """Embeds with an ONNX export of a sentence-transformers model on ONNX Runtime.
 
     Registered as ``onnx``. Tokenizes with ``tokenizers`` (truncation at the model's
@@ -277,7 +277,7 @@ class OnnxEmbeddingProvider:
         self.session_batch_size = min(session_batch, self.config.batch_size)
         self._pool_lock = threading.Lock()
         self._pool: tuple[Any, ThreadPoolExecutor] | None = None
-        dimension = spec.dimension or int(self._run_texts([""])[0][0].shape[-1])
+        dimension = spec.dimension or int(self.embed_batch([""]).shape[-1])
         self._info = ModelInfo(
             provider="onnx",
             model=self.config.model,
@@ -304,67 +304,6 @@ class OnnxEmbeddingProvider:
 
     # -- the provider contract -------------------------------------------------------------
 
-    def info(self) -> ModelInfo:
-        """Model id, dimension, token limit, pooling, dtype, prompts."""
-        return self._info
-
-    @property
-    def model_path(self) -> Path:
-        """Folder the model was loaded from (local folder or cache snapshot)."""
-        return self._resolved.path
-
-    @property
-    def onnx_path(self) -> Path:
-        """The ONNX file the session runs."""
-        return self._onnx_path
-
-    @property
-    def spec(self) -> SentenceTransformerSpec:
-        """The sentence-transformers configuration read from the model folder."""
-        return self._spec
-
-    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed *texts*; float32 of shape ``(len(texts), dimension)``.
-
-        Texts are sorted by token count, run in sub-batches of ``config.batch_size``,
-        and returned in the caller's order.
-        """
-        return self.embed_batch_with_usage(texts)[0]
-
-    def embed_batch_with_usage(self, texts: Sequence[str]) -> tuple[np.ndarray, dict[str, int]]:
-        """Like :meth:`embed_batch`, plus ``{"prompt_tokens": n, "truncated": n}``.
-
-        Raises
-        ------
-        TruncationError
-            A text is longer than the limit and ``truncation = "error"``.
-        """
-        vectors, tokens, truncated = self._run_texts(texts)
-        return vectors, {"prompt_tokens": tokens, "truncated": truncated}
-
-    def text_lengths(self, texts: Sequence[str]) -> list[int]:
-        """Token count of each text after truncation (what the model will process)."""
-        return self._texts.text_lengths(texts)
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Token count of each text before truncation, special tokens included."""
-        # The encodings are kept for the embed call that follows (tokenized once).
-        return self._texts.count_tokens(texts)
-
-    def embed_token_ids(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
-        """Embed texts given as token ids (``tokenizer.encode(text).ids``, special tokens
-        included); the same vectors as the texts themselves.
-
-        Raises
-        ------
-        EmbeddingInputError
-            Not lists of ints, an empty list, or an id outside the vocabulary.
-        TruncationError
-            A list is longer than the token limit (token ids are never cut).
-        """
-        self._live_session()
-        return self._run_ids(self._texts.check_ids(ids))
-
     def close(self) -> None:
         """Release the sessions and worker threads. Calling it again is harmless."""
         with self._pool_lock:
@@ -382,20 +321,15 @@ class OnnxEmbeddingProvider:
 
     # -- inference -------------------------------------------------------------------------
 
-    def _live_session(self) -> Any:
+    def _live(self) -> Any:
         session = self._session
         if session is None:
             raise ProviderClosedError("the onnx provider is closed")
         return session
 
-    def _run_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, int, int]:
-        self._live_session()
-        rows, tokens, truncated = self._texts.rows(texts)
-        return self._run_ids(rows), tokens, truncated
-
     def _run_ids(self, rows: Sequence[Sequence[int]]) -> np.ndarray:
         """Vectors for token id lists: sorted by length, run in sub-batches, restored."""
-        session = self._live_session()
+        session = self._live()
         dimension = self._info.dimension if hasattr(self, "_info") else 0
         size = self.session_batch_size
         if len(rows) > size and self.concurrent_runs > 1:

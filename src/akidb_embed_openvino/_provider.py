@@ -10,14 +10,13 @@ import queue
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from akidb_embed import EmbeddingConfig, ModelInfo, ProviderCapabilities
 from akidb_embed.backend import (
-    SentenceTransformerSpec,
+    EncoderProvider,
     TextEncoder,
     available_cores,
     check_encoder_inputs,
@@ -79,7 +78,7 @@ def device_capabilities(core: Any, device: str) -> list[str]:
     return [str(c) for c in core.get_property(device, "OPTIMIZATION_CAPABILITIES")]
 
 
-class OpenVINOEmbeddingProvider:
+class OpenVINOEmbeddingProvider(EncoderProvider):
     """Embeds with an ONNX export of a sentence-transformers model on OpenVINO.
 
     Registered as ``openvino``. Loads the folder ``akidb-embed export`` writes (and the
@@ -278,62 +277,6 @@ class OpenVINOEmbeddingProvider:
         return precision
 
     # -- the provider contract -------------------------------------------------------------
-
-    def info(self) -> ModelInfo:
-        """Model id, dimension, token limit, pooling, dtype (the precision used), prompts."""
-        return self._info
-
-    @property
-    def model_path(self) -> Path:
-        """Folder the model was loaded from (local folder or cache snapshot)."""
-        return self._resolved.path
-
-    @property
-    def onnx_path(self) -> Path:
-        """The ONNX file compiled."""
-        return self._onnx_path
-
-    @property
-    def spec(self) -> SentenceTransformerSpec:
-        """The sentence-transformers configuration read from the model folder."""
-        return self._spec
-
-    def embed_batch(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed *texts*; float32 of shape ``(len(texts), dimension)``, in their order."""
-        return self.embed_batch_with_usage(texts)[0]
-
-    def embed_batch_with_usage(self, texts: Sequence[str]) -> tuple[np.ndarray, dict[str, int]]:
-        """Like :meth:`embed_batch`, plus ``{"prompt_tokens": n, "truncated": n}``.
-
-        Raises
-        ------
-        TruncationError
-            A text is longer than the limit and ``truncation = "error"``.
-        """
-        self._live()
-        rows, tokens, truncated = self._texts.rows(texts)
-        return self._run_ids(rows), {"prompt_tokens": tokens, "truncated": truncated}
-
-    def text_lengths(self, texts: Sequence[str]) -> list[int]:
-        """Token count of each text after truncation (what the model will process)."""
-        return self._texts.text_lengths(texts)
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Token count of each text before truncation, special tokens included."""
-        return self._texts.count_tokens(texts)
-
-    def embed_token_ids(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
-        """Embed texts given as token ids (special tokens included); the texts' vectors.
-
-        Raises
-        ------
-        EmbeddingInputError
-            Not lists of ints, an empty list, or an id outside the vocabulary.
-        TruncationError
-            A list is longer than the token limit (token ids are never cut).
-        """
-        self._live()
-        return self._run_ids(self._texts.check_ids(ids))
 
     def close(self) -> None:
         """Release the compiled model and worker threads. Calling it again is harmless."""

@@ -8,6 +8,8 @@
   applies the ``truncation`` policy to a batch of encodings.
 * :class:`TextEncoder` puts those together: texts to unpadded token id rows, token
   counts before truncation (kept for the embed call that follows), token id checks.
+* :class:`EncoderProvider` is the base class of the ``onnx`` and ``openvino`` providers: the
+  text side of the provider contract on a :class:`TextEncoder`, given ``_run_ids``.
 * :func:`open_onnx_model` finds a folder with an ONNX export and its ONNX file.
 * :func:`sorted_runs`, :func:`pad_rows`, :func:`encoder_feed`, :func:`pick_output` and
   :func:`run_sorted` run an encoder graph on token-sorted, padded runs.
@@ -32,6 +34,7 @@ from ._checks import (
     str_option,
 )
 from ._cores import available_cores
+from ._encoder import EncoderProvider
 from ._open import DEFAULT_ONNX_FILES, open_model, open_onnx_model
 from ._pooling import POOLING_MODES, normalize_rows, pool
 from ._resolve import (
@@ -59,6 +62,7 @@ from ._tokenizer import TokenCounter, check_truncation, load_tokenizer
 __all__ = [
     "DEFAULT_ONNX_FILES",
     "ENCODER_INPUTS",
+    "EncoderProvider",
     "POOLING_MODES",
     "SENTENCE_TRANSFORMERS_FILES",
     "ResolvedModel",
