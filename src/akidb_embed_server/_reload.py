@@ -39,7 +39,7 @@ from akidb_embed import EmbeddingConfig, EmbeddingManager, EmbeddingRequest
 from ._batcher import Batcher
 from ._logging import configure_logging
 from ._service import PROBE_TEXT, EmbeddingService
-from ._settings import ServerSettings
+from ._settings import _SECRETS, ServerSettings
 
 __all__ = ["RESTART_ONLY", "ReloadInProgressError", "ReloadOutcome", "Reloader"]
 
@@ -57,7 +57,6 @@ RESTART_ONLY: tuple[str, ...] = (
     "max_body_bytes",
 )
 _BATCHER = ("max_batch_tokens", "max_batch_size", "max_wait_ms", "max_queue_texts")
-_SECRET = ("api_keys", "admin_api_keys")
 
 #: Re-reads the configuration: ``(server settings, embedding config)``.
 Loader = Callable[[], tuple[ServerSettings, EmbeddingConfig]]
@@ -283,7 +282,7 @@ class Reloader:
         self._last = outcome
         if service.metrics is not None:
             service.metrics.reloads.labels(outcome.result).inc()
-        shown = [n if n not in _SECRET else f"{n} (values not shown)" for n in outcome.changed]
+        shown = [n if n not in _SECRETS else f"{n} (values not shown)" for n in outcome.changed]
         fields = {"reload": {**outcome.to_dict(), "fingerprint": None}}
         if not outcome.ok:
             self._last_error = outcome
