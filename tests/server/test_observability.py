@@ -77,8 +77,11 @@ def log_lines(served: Served) -> list[dict[str, Any]]:
     return out
 
 
-def access_lines(served: Served, request_id: str, timeout: float = 5.0) -> list[dict[str, Any]]:
-    """The access lines of *request_id* (written just after the answer: poll briefly)."""
+def access_lines(
+    served: Served, request_id: str, timeout: float = 5.0, count: int = 1
+) -> list[dict[str, Any]]:
+    """The access lines of *request_id*, once there are *count* of them (each is written
+    just after its answer: poll briefly)."""
     deadline = time.monotonic() + timeout
     while True:
         found = [
@@ -87,7 +90,7 @@ def access_lines(served: Served, request_id: str, timeout: float = 5.0) -> list[
             if line.get("logger") == "akidb_embed.server.access"
             and line.get("request_id") == request_id
         ]
-        if found or time.monotonic() > deadline:
+        if len(found) >= count or time.monotonic() > deadline:
             return found
         time.sleep(0.05)
 
@@ -327,7 +330,7 @@ def test_no_api_key_or_text_in_logs(json_server: Served) -> None:
         ("/api/v1/embed", {"inputs": [SECRET_TEXT], "normalize": "not a bool"}),  # 422
     ):
         httpx.post(json_server.url + route, json=body, headers=headers, timeout=10)
-    assert len(access_lines(json_server, "secret-check")) == 4
+    assert len(access_lines(json_server, "secret-check", count=4)) == 4
     output = json_server.output()
     assert SECRET_KEY not in output
     assert "8d3b7a" not in output and "private sentence" not in output
