@@ -36,10 +36,6 @@ from akidb_embed.errors import (
 
 from .errors import BatcherClosedError, QueueFullError, RequestTimeoutError
 
-# Requests this small are counted on the event loop (see _serve).
-_INLINE_TEXTS = 4
-_INLINE_CHARS = 1024
-
 __all__ = ["CHARS_PER_TOKEN", "BatchEvent", "Batcher", "BatcherStats", "RequestTiming"]
 
 _log = logging.getLogger("akidb_embed.server")
@@ -190,7 +186,6 @@ class Batcher:
         # Counting tokens is tokenizer work: it runs here, off the event loop, in order
         # (one thread keeps acceptance order = queue order).
         self._counter = ThreadPoolExecutor(1, thread_name_prefix="akidb-batcher-count")
-        self._counting = 0  # requests in (or waiting for) the counting thread
 
     # -- public API -------------------------------------------------------------------
 
@@ -313,17 +308,7 @@ class Batcher:
         assert self._loop is not None and self._wakeup is not None
         request = pending.request
         try:
-            if self._counting == 0 and self._small(request):
-                # A few short texts tokenize in tens of microseconds: less than the hop to
-                # the counting thread and back (the single-client latency). Only while that
-                # thread is idle, so acceptance order stays queue order.
-                longest = self._count(request)
-            else:
-                self._counting += 1
-                try:
-                    longest = await self._loop.run_in_executor(self._counter, self._count, request)
-                finally:
-                    self._counting -= 1
+            longest = await self._loop.run_in_executor(self._counter, self._count, request)
         except AkidbEmbedError:
             self._drop(pending, count=False)  # its input failed: nothing was dropped
             raise
@@ -331,16 +316,6 @@ class Batcher:
         self._queue.extend(pending.pieces)
         self._wakeup.set()
         return await pending.future
-
-    @staticmethod
-    def _small(request: EmbeddingRequest) -> bool:
-        """Whether *request* is cheap enough to count on the event loop."""
-        inputs = request.texts if request.token_ids is None else request.token_ids
-        if len(inputs) > _INLINE_TEXTS:
-            return False
-        if request.token_ids is not None:
-            return True
-        return sum(len(t) for t in request.texts if isinstance(t, str)) <= _INLINE_CHARS
 
     def _count(self, request: EmbeddingRequest) -> list[int]:
         """Padded length of each text as the provider will see it (prompt included,

@@ -158,47 +158,6 @@ def test_pieces_leave_in_fifo_order() -> None:
         assert order == sorted(order)
 
 
-def test_small_requests_count_on_the_loop_and_never_overtake_one_counting() -> None:
-    """A few short texts are counted on the event loop (no thread hop); while a large
-    request is counted in the counting thread, a small one that arrives after it waits its
-    turn, so acceptance order stays queue order."""
-    with make_manager(max_concurrency=1) as manager:
-        provider: Any = manager.provider
-        release = threading.Event()
-        counted_in: dict[str, str] = {}  # first text -> the thread that counted it first
-        count = provider.count_tokens
-
-        def slow_count(texts: list[str]) -> list[int]:
-            counted_in.setdefault(texts[0], threading.current_thread().name)
-            if len(texts) > 4 and not release.is_set():
-                release.wait(10)
-            return count(texts)
-
-        provider.count_tokens = slow_count
-
-        async def main() -> None:
-            batcher = Batcher(manager, max_batch_size=64)
-            try:
-                await batcher.embed(EmbeddingRequest(["alone a"]))
-                large = asyncio.ensure_future(
-                    batcher.embed(EmbeddingRequest([f"big {i}" for i in range(8)]))
-                )
-                await wait_until(lambda: "big 0" in counted_in)
-                small = asyncio.ensure_future(batcher.embed(EmbeddingRequest(["late small"])))
-                await asyncio.sleep(0.05)
-                assert not small.done()  # it waits behind the large one
-                release.set()
-                await asyncio.gather(large, small)
-            finally:
-                await batcher.close(5)
-
-        run(main())
-        assert counted_in["alone a"] == threading.main_thread().name  # on the loop
-        assert counted_in["big 0"].startswith("akidb-batcher-count")
-        order = [t for t in computed(manager) if t.startswith(("big", "late"))]
-        assert order.index("late small") > order.index("big 7"), order
-
-
 def test_a_large_request_is_split_and_reassembled_in_order(manager: EmbeddingManager) -> None:
     texts = [f"text number {i} " + "w " * i for i in range(10)]
     bad = [*texts[:7], "long " * 600, *texts[8:]]
