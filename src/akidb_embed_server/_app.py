@@ -274,12 +274,22 @@ async def _client_gone(http: Request) -> None:
 
 
 async def _embed(
-    state: EmbeddingService, request: EmbeddingRequest, http: Request
+    state: EmbeddingService,
+    request: EmbeddingRequest,
+    http: Request,
+    *,
+    model: str | None = None,
+    dimensions: int | None = None,
 ) -> tuple[Embedded, dict[str, str]]:
     """Embed through the service; a client that closes its connection first has its
     queued texts dropped (Starlette would let the handler run on, and the texts be
     computed for nobody)."""
-    embedded = await state.embed(request, client_gone=functools.partial(_client_gone, http))
+    embedded = await state.embed(
+        request,
+        client_gone=functools.partial(_client_gone, http),
+        model=model,
+        dimensions=dimensions,
+    )
     return embedded, _timing_headers(embedded)
 
 
@@ -388,7 +398,7 @@ def create_app(
             prompt_name=body.prompt_name,
             truncation=body.truncation,
         )
-        embedded, headers = await _embed(state, request, http)
+        embedded, headers = await _embed(state, request, http, model=body.model)
         response = embedded.response
         content = {
             "embeddings": response.embeddings,
@@ -412,7 +422,9 @@ def create_app(
         state.check_model(body.model)
         request = _openai_request(body.input, state)
         state.check_dimensions(body.dimensions)
-        embedded, headers = await _embed(state, request, http)
+        embedded, headers = await _embed(
+            state, request, http, model=body.model, dimensions=body.dimensions
+        )
         response = embedded.response
         vectors = state.cut(response.embeddings, body.dimensions, embedded.normalized)
         if body.encoding_format == "base64":
@@ -449,7 +461,7 @@ def create_app(
         request = EmbeddingRequest(
             texts, normalize=body.normalize, prompt_name=body.prompt_name, truncation=truncation
         )
-        embedded, headers = await _embed(state, request, http)
+        embedded, headers = await _embed(state, request, http, dimensions=body.dimensions)
         vectors = state.cut(embedded.response.embeddings, body.dimensions, body.normalize)
         return JSONResponse(vectors, headers=headers)
 

@@ -487,7 +487,9 @@ class GrpcServer:
             prompt_name=message.prompt_name if message.HasField("prompt_name") else None,
             truncation=_TRUNCATION[message.truncation],
         )
-        embedded = await service.embed(request, timeout=context.time_remaining())
+        embedded = await service.embed(
+            request, timeout=context.time_remaining(), model=model, dimensions=dimensions
+        )
         renormalize = embedded.normalized if normalize is None else normalize
         return _embed_response(service, embedded, dimensions, renormalize)
 

@@ -339,9 +339,32 @@ class EmbeddingService:
                 "dimensions",
             )
 
+    def _recheck(
+        self, request: EmbeddingRequest, model: str | None, dimensions: int | None
+    ) -> None:
+        """A reload moved *request* to another model before any of it was computed: what
+        the caller checked against the old one must hold for the new one."""
+        if request.token_ids is not None:
+            raise Failure(
+                "unavailable",
+                "the served model changed while this request was queued, and token ids "
+                "belong to one tokenizer: send it again",
+                "model_changed",
+            )
+        self.check_model(model)
+        self.check_dimensions(dimensions)
+
     def cut(self, vectors: np.ndarray, dimensions: int | None, renormalize: bool) -> np.ndarray:
         """Keep the first *dimensions* components (Matryoshka), re-normalised if asked."""
-        if dimensions is None or dimensions >= vectors.shape[1]:
+        if dimensions is not None and dimensions > vectors.shape[1]:  # never a silent no-op
+            raise Failure(
+                "invalid",
+                f"dimensions must be between 1 and the model's dimension {vectors.shape[1]}, "
+                f"got {dimensions}",
+                "invalid_dimensions",
+                "dimensions",
+            )
+        if dimensions is None or dimensions == vectors.shape[1]:
             return vectors
         out: np.ndarray = np.ascontiguousarray(vectors[:, :dimensions], dtype=np.float32)
         if renormalize:
@@ -357,6 +380,8 @@ class EmbeddingService:
         *,
         timeout: float | None = None,
         client_gone: Callable[[], Awaitable[object]] | None = None,
+        model: str | None = None,
+        dimensions: int | None = None,
     ) -> Embedded:
         """Embed *request* through the batcher, within the server's limits.
 
@@ -364,6 +389,10 @@ class EmbeddingService:
         ----------
         request:
             The texts (or token ids) and their options.
+        model, dimensions:
+            The model the client named and the cut it asked for, as the caller checked
+            them (:meth:`check_model`, :meth:`check_dimensions`): checked again if a
+            reload moves the request to another model before any of it was computed.
         timeout:
             A deadline tighter than ``request_timeout_s`` (the client's own, in seconds
             from now); the earlier of the two applies.
@@ -389,8 +418,10 @@ class EmbeddingService:
         record = current_request()
         if record is not None:
             record.texts = len(inputs)
-        # Pinned: a reload from here on does not change who computes this request.
+        # Pinned: a reload from here on does not change who computes this request (the
+        # served name is swapped in the same step as the pair).
         manager, batcher = self.manager, self.batcher
+        served = self._served_name(manager)
         if self.draining or batcher is None:
             raise Failure("unavailable", "the server is shutting down", "unavailable")
         deadline = self.request_timeout_s
@@ -413,8 +444,9 @@ class EmbeddingService:
                     response = await _unless_gone(work, client_gone)
                 break
             except asyncio.CancelledError:
-                if work not in self._moved:
-                    raise
+                cancelling = getattr(asyncio.current_task(), "cancelling", None)  # 3.11+
+                if work not in self._moved or (cancelling is not None and cancelling()):
+                    raise  # the caller itself was cancelled (a client gone, a deadline)
                 # swap() took it out of the old batcher's queue before any of its texts
                 # was cut into a batch: it runs on the new pair. (Cut between the cancel
                 # and its delivery, the rest of it would count as dropped: harmless.)
@@ -428,10 +460,14 @@ class EmbeddingService:
                 # it (or before its drain answered it): none of its vectors was given
                 # out, so the whole request runs again, on the new pair.
             finally:
+                self._moved.discard(work)
                 attempts.pop(work, None)
                 if not attempts:
                     self._attempts.pop(batcher, None)
+            if self.manager is not manager:
+                self._recheck(request, model, dimensions)
             manager, batcher = self.manager, self.batcher
+            served = self._served_name(manager)
             assert batcher is not None
             timing = RequestTiming()
         embedded = Embedded(
@@ -440,7 +476,7 @@ class EmbeddingService:
             timing.queue,
             timing.inference,
             time.perf_counter() - start,
-            model=self._served_name(manager),
+            model=served,
             normalized=manager.config.normalize,
         )
         if record is not None:  # the same figures feed the access log and the metrics

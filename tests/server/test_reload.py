@@ -453,3 +453,47 @@ def test_a_cut_batch_finishes_on_the_old_provider_queued_requests_move_to_the_ne
     assert models == ["old", "new", "new", "new"]
     # Moved texts are not "dropped"; each text was computed once (+1: the startup probe).
     assert stats["dropped_texts"] == 0 and stats["batched_texts"] == 8 + 1
+
+
+def test_a_moved_request_is_checked_again_against_the_new_model() -> None:
+    """A queued request moved by a reload still meets what it asked for, or gets the
+    typed error: a cut wider than the new model, a model name the server no longer
+    serves, token ids of the old tokenizer. Never the old answer from the new model."""
+    from akidb_embed import EmbeddingRequest
+    from akidb_embed_server._reload import Reloader
+    from akidb_embed_server._service import EmbeddingService, Failure
+    from akidb_embed_server._settings import ServerSettings
+
+    settings = ServerSettings(max_batch_size=1, max_wait_ms=0)
+    old_config = EmbeddingConfig(
+        provider="mock", model="old", options={"latency": 0.3, "max_concurrency": 1}
+    )
+    new_config = EmbeddingConfig(provider="mock", model="new", options={"dimension": 128})
+
+    async def go() -> list[Any]:
+        service = EmbeddingService(EmbeddingManager.from_config(old_config), settings)
+        await service.start()
+        reloader = Reloader(service, lambda: (settings, new_config), old_config)
+        calls = [
+            service.embed(EmbeddingRequest(["in a batch"])),  # finishes on "old"
+            service.embed(EmbeddingRequest(["wide cut"]), dimensions=256),
+            service.embed(EmbeddingRequest(["named old"]), model="old"),
+            service.embed(EmbeddingRequest(token_ids=[[101, 7592, 102]])),
+            service.embed(EmbeddingRequest(["plain"])),  # runs on "new"
+        ]
+        tasks = [asyncio.ensure_future(c) for c in calls]
+        await asyncio.sleep(0.1)  # the first is in a batch; the others queue
+        outcome = await reloader.reload()
+        assert outcome.ok and outcome.provider_reloaded, outcome
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        await service.close()
+        service.manager.close()
+        return results
+
+    first, wide, named, ids, plain = asyncio.run(go())
+    assert first.model == "old" and first.response.embeddings.shape == (1, 384)
+    assert isinstance(wide, Failure) and wide.code == "invalid_dimensions", wide
+    assert "128" in str(wide)
+    assert isinstance(named, Failure) and named.code == "model_not_found", named
+    assert isinstance(ids, Failure) and ids.code == "model_changed", ids
+    assert plain.model == "new" and plain.response.embeddings.shape == (1, 128)
