@@ -160,8 +160,14 @@ class Reloader:
             raise ReloadInProgressError(
                 "a reload is already in progress; retry once it has answered"
             )
-        self._task = asyncio.ensure_future(self._reload(trigger))
-        return await asyncio.shield(self._task)
+        return await asyncio.shield(self._start(trigger))
+
+    def _start(self, trigger: str) -> asyncio.Task[ReloadOutcome]:
+        # Synchronous from the busy check to here: no second reload can slip in between.
+        task = asyncio.ensure_future(self._reload(trigger))
+        task.add_done_callback(self._after)
+        self._task = task
+        return task
 
     def on_signal(self) -> None:
         """The ``SIGHUP`` handler (on the event loop): reload, or once more after the
@@ -173,10 +179,11 @@ class Reloader:
             _log.info("SIGHUP during a reload: reloading again once it is done")
             self._again = True
             return
-        task = asyncio.ensure_future(self.reload("SIGHUP"))
-        task.add_done_callback(self._after_signal)
+        self._start("SIGHUP")
 
-    def _after_signal(self, task: asyncio.Future[ReloadOutcome]) -> None:
+    def _after(self, task: asyncio.Future[ReloadOutcome]) -> None:
+        """After any reload (SIGHUP's or the admin route's): report what escaped it, and
+        run the one a SIGHUP asked for meanwhile."""
         if not task.cancelled() and task.exception() is not None:
             _log.error("reload failed unexpectedly", exc_info=task.exception())
         if self._again and not self.service.draining:

@@ -497,3 +497,43 @@ def test_a_moved_request_is_checked_again_against_the_new_model() -> None:
     assert isinstance(named, Failure) and named.code == "model_not_found", named
     assert isinstance(ids, Failure) and ids.code == "model_changed", ids
     assert plain.model == "new" and plain.response.embeddings.shape == (1, 128)
+
+
+def test_a_sighup_during_an_admin_reload_runs_one_more_after_it() -> None:
+    """The file may have changed again after the running reload read it: a SIGHUP that
+    arrives meanwhile is not lost, whoever started the running one."""
+    from akidb_embed_server._reload import Reloader
+    from akidb_embed_server._service import EmbeddingService
+    from akidb_embed_server._settings import ServerSettings
+
+    settings = ServerSettings()
+    configs = iter(
+        EmbeddingConfig(provider="mock", model=name, options={"load_delay": 0.2})
+        for name in ("second", "third", "fourth")
+    )
+    first = EmbeddingConfig(provider="mock", model="first")
+
+    async def go() -> tuple[list[str], dict[str, Any]]:
+        service = EmbeddingService(EmbeddingManager.from_config(first), settings)
+        await service.start()
+        reloader = Reloader(service, lambda: (settings, next(configs)), first)
+        admin = asyncio.ensure_future(reloader.reload())
+        await asyncio.sleep(0.05)
+        reloader.on_signal()  # during the admin reload
+        reloader.on_signal()  # twice: still one more, not two
+        outcome = await admin
+        models = [outcome.model]
+        deadline = time.monotonic() + 10
+        while reloader.generation < 3 or reloader.busy:  # 1 at start, +1 a reload
+            assert time.monotonic() < deadline, reloader.status()
+            await asyncio.sleep(0.02)
+        models.append(service.manager.info.model)
+        status = reloader.status()
+        await reloader.aclose()
+        await service.close()
+        service.manager.close()
+        return models, status
+
+    models, status = asyncio.run(go())
+    assert models == ["second", "third"]
+    assert status["reloads"] == {"success": 2, "failure": 0}, status
