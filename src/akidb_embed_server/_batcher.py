@@ -51,12 +51,15 @@ class RequestTiming:
 
     ``queue``: from acceptance until its first batch left; ``inference``: the summed
     time of the batches that computed its pieces; ``cut``: a batch holding one of its
-    texts has been cut (from then on the request is tied to this batcher's provider).
+    texts has been cut (from then on the request is tied to this batcher's provider);
+    ``moved``: set by the caller before it cancels the request to run it elsewhere (its
+    queued texts are then not counted as dropped).
     """
 
     queue: float = 0.0
     inference: float = 0.0
     cut: bool = False
+    moved: bool = False
 
 
 @dataclass(frozen=True)
@@ -551,7 +554,9 @@ class Batcher:
         pending.queued = 0
 
     def _forget(self, pending: _Pending) -> None:
-        self._drop(pending)  # timed out, cancelled or failed: nothing of it is computed
+        # Timed out, cancelled or failed: nothing of it is computed (a request moved to
+        # another batcher is not a drop).
+        self._drop(pending, count=pending.timing is None or not pending.timing.moved)
         self._pending.discard(pending)
         if self._closed and not self._pending and self._wakeup is not None:
             self._wakeup.set()

@@ -178,7 +178,6 @@ class EmbeddingService:
         # and the ones swap() moved to the new batcher (cancelled in the old one).
         self._attempts: dict[Batcher, dict[asyncio.Future[Any], RequestTiming]] = {}
         self._moved: set[asyncio.Future[Any]] = set()
-        self._moved_texts = 0
         # Validate the batcher options now, not at the first request.
         Batcher(manager, **settings.batcher_options())
 
@@ -241,8 +240,6 @@ class EmbeddingService:
             return None
         live = [self.batcher.stats(), *(b.stats() for b in self._retiring)]
         total = asdict(_add([self._retired, *live]))
-        # Texts moved to a new batcher left the old one's queue as "dropped": they were not.
-        total["dropped_texts"] -= self._moved_texts
         return BatcherStats(**{**total, "closed": live[0].closed})
 
     def swap(self, manager: EmbeddingManager, batcher: Batcher) -> tuple[EmbeddingManager, Batcher]:
@@ -258,6 +255,7 @@ class EmbeddingService:
         for work, timing in self._attempts.get(old[1], {}).items():
             if not work.done() and not timing.cut:
                 self._moved.add(work)
+                timing.moved = True
                 work.cancel()
         if self.metrics is not None:
             self.metrics.switch(manager, batcher, self.served_model)
@@ -449,10 +447,8 @@ class EmbeddingService:
                     raise  # the caller itself was cancelled (a client gone, a deadline)
                 # swap() took it out of the old batcher's queue before any of its texts
                 # was cut into a batch: it runs on the new pair. (Cut between the cancel
-                # and its delivery, the rest of it would count as dropped: harmless.)
+                # and its delivery, those texts were computed for nothing: harmless.)
                 self._moved.discard(work)
-                if not timing.cut:
-                    self._moved_texts += len(inputs)
             except BatcherClosedError:
                 if self.draining or self.batcher is batcher or self.batcher is None:
                     raise
