@@ -217,6 +217,7 @@ class Reloader:
         start = time.perf_counter()
         _log.info("reloading the configuration (%s)", trigger, extra={"trigger": trigger})
         built: EmbeddingManager | None = None
+        retiring: tuple[Batcher, EmbeddingManager | None] | None = None
         try:
             settings, config = await asyncio.to_thread(self._load)
             old = service.settings
@@ -246,7 +247,6 @@ class Reloader:
                 batcher = Batcher(manager, **settings.batcher_options())
             self._apply(settings, old)
             outcome.provider_reloaded = rebuild
-            retiring = None
             if batcher is not None:
                 old_manager, old_batcher = service.swap(manager, batcher)
                 retiring = (old_batcher, old_manager if rebuild else None)
@@ -258,14 +258,19 @@ class Reloader:
                 self.config = config
                 self.generation += 1
             outcome.result = "success"
-            if retiring is not None:
-                # The reload answers once the old provider is closed; the next waits.
-                await service.retire(*retiring)
         except Exception as exc:  # any failure before the swap leaves everything as it was
             outcome.message = _message(exc)
             if built is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(built.close)
+        if retiring is not None:
+            # The reload answers once the old provider is closed; the next waits. The new
+            # configuration serves already: a failure here is reported, not undone.
+            try:
+                await service.retire(*retiring)
+            except Exception as exc:
+                outcome.message = f"closing the replaced provider failed: {_message(exc)}"
+                _log.error("reload: %s", outcome.message, exc_info=exc)
         outcome.seconds = time.perf_counter() - start
         self._finish(outcome)
         return outcome
