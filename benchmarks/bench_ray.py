@@ -18,7 +18,7 @@ loaded: the time to the first rows, less what those rows took to embed) on its o
     python benchmarks/bench_ray.py                  # 20,000 texts
     python benchmarks/bench_ray.py --docs 2000      # quicker, while iterating
 
-Run it under /work/bin/cpu-bench on the shared machine. Ratios measured in one run are
+Run it with nothing else using the CPU. Ratios measured in one run are
 what counts; absolute figures move with the machine.
 """
 

@@ -60,7 +60,7 @@ ROWS = ("latency", "concurrency", "docs", "peers", "seed", "grpc")
 VARIANTS = ("fp32", "int8")
 # The seed's Python bridge on Apple silicon (a different machine), same model.
 SEED = {"p50": 6.45, "p95": 7.0, "rps": (155, 190)}
-# Pins from /work/shared/peers/infinity.md: its optimum engine does not start with
+# Pins found by trial on this project's machines: its optimum engine does not start with
 # current packages; the torch engine does with these.
 INFINITY_SETUP = [
     ["pip", "install", "torch==2.13.0"],  # the CPU build first, else CUDA wheels
