@@ -18,8 +18,12 @@ Everything runs on this machine in one run, each contender in its own fresh proc
 Rows: ``latency`` (one client, one short query at a time), ``concurrency`` (1, 8, 32,
 128 clients), ``docs`` (requests of 256 documents), ``peers``, ``seed`` (the seed's
 Apple-silicon Python-bridge figure beside ours), ``grpc`` (gRPC unary and stream vs REST
-at 1 and 32 clients, by ``benchmarks/bench_grpc.py`` in its own process). wrk and the
-server share the machine's cores; the tables give each one's CPU share (% of all cores).
+at 1 and 32 clients, by ``benchmarks/bench_grpc.py`` in its own process), ``overhead``
+(where the gap to in-process comes from: the CPU each request costs the server with no
+model at all, against a bare ASGI app and a plain FastAPI route on the same stack
+(``benchmarks/server/floor_server.py``), and in-process ``embed`` in calls of 8-32 texts,
+the batch sizes concurrent clients make, against one call). wrk and the server share the
+machine's cores; the tables give each one's CPU share (% of all cores).
 
     apt-get install -y wrk                           # the load generator (Debian package)
     python benchmarks/bench_server.py --setup-peers  # once: infinity-emb into .cache/
@@ -52,11 +56,14 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 LUA = HERE / "server" / "post.lua"
 ST_SERVER = HERE / "server" / "st_server.py"
+FLOOR_SERVER = HERE / "server" / "floor_server.py"
+#: Call sizes of the in-process ``embed`` the overhead row compares with one call.
+CALL_SIZES = (8, 16, 32)
 INFINITY_VENV = REPO / ".cache" / "infinity-venv"
 INFINITY_BIN = INFINITY_VENV / "bin" / "infinity_emb"
 SERVED = "minilm"
 DOCS_PER_REQUEST = 256
-ROWS = ("latency", "concurrency", "docs", "peers", "seed", "grpc")
+ROWS = ("latency", "concurrency", "docs", "peers", "seed", "grpc", "overhead")
 VARIANTS = ("fp32", "int8")
 # The seed's Python bridge on Apple silicon (a different machine), same model.
 SEED = {"p50": 6.45, "p95": 7.0, "rps": (155, 190)}
@@ -130,9 +137,28 @@ def inprocess_worker(args: argparse.Namespace) -> int:
         "short_tps": len(texts) / short_seconds,
         "docs_tps": len(docs) / docs_seconds,
     }
+    if args.call_sizes:
+        result["calls"] = _calls_by_size(manager, texts[:1200], args.call_sizes)
     print(json.dumps(result), flush=True)
     manager.close()
     return 0
+
+
+def _calls_by_size(manager: Any, texts: list[str], sizes: list[int]) -> dict[str, float]:
+    """Texts/s of ``embed`` over *texts* in calls of each size and in one call (key
+    ``"all"``): three rounds in alternating order, the median of each (the host's speed
+    drifts within seconds)."""
+    import statistics
+
+    runs: dict[str, list[float]] = {}
+    plan = [("all", len(texts)), *((str(n), n) for n in sizes)]
+    for round_ in range(3):
+        for key, n in plan if round_ % 2 == 0 else plan[::-1]:
+            t = time.perf_counter()
+            for i in range(0, len(texts), n):
+                manager.embed(texts[i : i + n])
+            runs.setdefault(key, []).append(len(texts) / (time.perf_counter() - t))
+    return {key: statistics.median(values) for key, values in runs.items()}
 
 
 def client_worker(args: argparse.Namespace) -> int:
@@ -322,6 +348,7 @@ def wrk(served: Served, bodies: Path, clients: int, duration: float, cores: int)
         "wrk", "-t1", f"-c{clients}", f"-d{max(1, round(duration))}s", "--timeout", "60s",
         "-s", str(LUA), url, "--", str(bodies),
     ]  # fmt: skip
+    batches = _batch_counts(served)
     server_cpu = _cpu_seconds(served.proc.pid)
     started = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
@@ -338,7 +365,13 @@ def wrk(served: Served, bodies: Path, clients: int, duration: float, cores: int)
     raw = json.loads(line)
     seconds = raw["duration_us"] / 1e6
     errors = sum(raw["errors"].values())
+    after = _batch_counts(served)
+    mean_batch = None
+    if batches and after and after[1] > batches[1]:
+        mean_batch = (after[0] - batches[0]) / (after[1] - batches[1])
     return {
+        "mean_batch": mean_batch,
+        "cpu_us_per_request": server_cpu / max(1, raw["requests"]) * 1e6,
         "clients": clients,
         "rps": (raw["requests"] - raw["errors"]["status"]) / seconds,
         "errors": errors,
@@ -349,6 +382,25 @@ def wrk(served: Served, bodies: Path, clients: int, duration: float, cores: int)
         "wrk_cpu": (usage.ru_utime + usage.ru_stime) / wall / cores,
         "server_cpu": server_cpu / wall / cores,
     }
+
+
+def _batch_counts(served: Served) -> tuple[float, float] | None:
+    """(texts, batches) the server's batcher has run so far, from its ``/metrics``;
+    ``None`` for a server without them (the peers)."""
+    import httpx
+
+    try:
+        text = httpx.get(served.base + "/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return None
+    values = {}
+    for line in text.splitlines():
+        for key in ("akidb_embed_batch_size_sum", "akidb_embed_batch_size_count"):
+            if line.startswith(key + " "):
+                values[key] = float(line.split()[1])
+    if len(values) < 2:
+        return None
+    return values["akidb_embed_batch_size_sum"], values["akidb_embed_batch_size_count"]
 
 
 def closeness(served: Served, texts: list[str], reference: Any) -> float:
@@ -401,6 +453,110 @@ def _grpc_rows(args: argparse.Namespace, duration: float) -> None:
         grpc_args.append("--quick")
     print("gRPC vs REST (benchmarks/bench_grpc.py):", flush=True)
     subprocess.run([sys.executable, str(HERE / "bench_grpc.py"), *grpc_args], check=True)
+
+
+def _overhead_servers(
+    args: argparse.Namespace, tmp: Path, bodies: Path, cores: int
+) -> list[dict[str, Any]]:
+    """Per-request server CPU at 32 clients with no model: the floors of
+    ``floor_server.py`` and ``akidb-embed serve --provider mock`` with its parts on and
+    off. All start at once (an idle one costs nothing), then take turns with wrk for
+    several rounds; medians per server."""
+    import statistics
+
+    serve_mock = [
+        sys.executable, "-m", "akidb_embed.cli", "serve", "--provider", "mock",
+        "--model", "mock-384", "--port", "{port}", "--served-model-name", SERVED,
+        "--grpc-port", "0",
+    ]  # fmt: skip
+    contenders = [
+        ("bare ASGI app (uvicorn, uvloop, httptools, orjson)", "asgi", {}),
+        ("plain FastAPI route (pydantic body, orjson)", "fastapi", {}),
+        ("akidb-embed serve, mock provider", serve_mock, {}),
+        ("  the same, access lines off", serve_mock, {"AKIDB_LOG_LEVEL": "warning"}),
+        (
+            "  the same, access lines and metrics off",
+            serve_mock,
+            {"AKIDB_LOG_LEVEL": "warning", "AKIDB_METRICS_ENABLED": "false"},
+        ),
+    ]
+    rows: list[dict[str, Any]] = []
+    rounds = 2 if args.quick else 4
+    seconds = max(1.0, args.duration / 2)
+    print("overhead: servers with no model ...", file=sys.stderr, flush=True)
+    with contextlib.ExitStack() as stack:
+        running = []
+        for i, (name, what, env) in enumerate(contenders):
+            if isinstance(what, str):
+                command = [sys.executable, str(FLOOR_SERVER), "--kind", what, "--port", "{port}"]
+                ready = "/v1/models"
+            else:
+                command, ready = list(what), "/ready"
+            saved = {k: os.environ.get(k) for k in env}
+            os.environ.update(env)  # serve() hands os.environ to the child
+            try:
+                served = stack.enter_context(
+                    serve(name, command, ready, tmp / f"floor{i}.log", args.threads, 120.0)
+                )
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+            wrk(served, bodies, 32, args.warmup, cores)
+            running.append((name, served, []))
+        for round_ in range(rounds):
+            for _name, served, runs in running if round_ % 2 == 0 else running[::-1]:
+                runs.append(wrk(served, bodies, 32, seconds, cores))
+        for name, _, runs in running:
+            rows.append({
+                "name": name,
+                "rps": statistics.median(r["rps"] for r in runs),
+                "cpu_us": statistics.median(r["cpu_us_per_request"] for r in runs),
+                "errors": sum(r["errors"] for r in runs),
+            })  # fmt: skip
+    return rows
+
+
+def _overhead_tables(floors: list[dict[str, Any]], results: dict[str, dict[str, Any]]) -> None:
+    if floors:
+        print(
+            "Server CPU per request at 32 clients with no model (one short text a request; "
+            "medians of alternating wrk runs)"
+        )
+        base = floors[0]["cpu_us"]
+        _table(
+            ["server", "req/s", "server CPU per request (us)", "vs bare ASGI", "errors"],
+            [
+                [f["name"], f"{f['rps']:.0f}", f"{f['cpu_us']:.0f}", f"{f['cpu_us'] / base:.1f}x",
+                 str(f["errors"])]
+                for f in floors
+            ],
+        )  # fmt: skip
+    table = []
+    for r in results.values():
+        calls = r["inproc"].get("calls")
+        if not calls:
+            continue
+        at32 = next((c for c in r["conc"] if c["clients"] == 32), None)
+        mean = at32.get("mean_batch") if at32 else None
+        cells = [f"{calls[str(n)]:.0f} ({calls[str(n)] / calls['all']:.0%})" for n in CALL_SIZES]
+        table.append([
+            r["label"], f"{calls['all']:.0f}", *cells,
+            "-" if mean is None else f"{mean:.1f}",
+            "-" if at32 is None else f"{at32['cpu_us_per_request']:.0f}",
+        ])  # fmt: skip
+    if table:
+        print(
+            "In-process `embed` in calls of 8, 16, 32 texts vs one call of 1200 (texts/s, "
+            "share); the mean batch the server formed and its CPU per request at 32 clients"
+        )
+        _table(
+            ["model", "one call", *(f"calls of {n}" for n in CALL_SIZES),
+             "server mean batch (32 clients)", "server CPU us/request (32 clients)"],
+            table,
+        )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -462,6 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vectors", help=argparse.SUPPRESS)
     parser.add_argument("--short-texts", type=int, default=3000, help=argparse.SUPPRESS)
     parser.add_argument("--docs", type=int, default=1024, help=argparse.SUPPRESS)
+    parser.add_argument("--call-sizes", type=int, nargs="*", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker == "inprocess":
@@ -527,7 +684,8 @@ def main(argv: list[str] | None = None) -> int:
             inproc = _run_worker(
                 ["--worker", "inprocess", "--model-dir", str(folders[variant]),
                  "--short-texts", str(args.short_texts), "--docs", str(args.docs)]
-                + (["--threads", str(args.threads)] if args.threads else []),
+                + (["--threads", str(args.threads)] if args.threads else [])
+                + (["--call-sizes", *map(str, CALL_SIZES)] if "overhead" in rows else []),
                 args.threads,
             )  # fmt: skip
             result: dict[str, Any] = {"label": label, "inproc": inproc, "conc": []}
@@ -592,6 +750,8 @@ def main(argv: list[str] | None = None) -> int:
                 except (RuntimeError, httpx.HTTPError) as exc:  # report it, run the others
                     peer = {"error": str(exc).splitlines()[0][:120]}
                 peers[name] = peer
+
+        floors = _overhead_servers(args, tmp, short_bodies, cores) if "overhead" in rows else []
 
     # --- tables ---------------------------------------------------------------------------
     print()
@@ -716,6 +876,8 @@ def main(argv: list[str] | None = None) -> int:
                 parts.append(f"{best['rps']:.0f} req/s ({clients})")
             print("  " + " ".join(parts))
         print()
+    if "overhead" in rows:
+        _overhead_tables(floors, results)
     if "grpc" in rows:
         _grpc_rows(args, duration)
     quick = " --quick" if args.quick else ""

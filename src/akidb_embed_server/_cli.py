@@ -107,6 +107,13 @@ def _server_arguments(group: Any) -> None:
         help="serve HTTP only",
     )
     group.add_argument(
+        "--no-access-log",
+        dest="access_log",
+        action="store_false",
+        default=None,
+        help="no access line per request (5xx answers are still logged)",
+    )
+    group.add_argument(
         "--no-metrics",
         dest="metrics_enabled",
         action="store_false",
@@ -157,7 +164,7 @@ def _run(args: argparse.Namespace) -> int:
 
     # Before the model loads, so a bad setting fails at once (and logging can use it).
     settings = ServerSettings.load(args.config, environ=environ, **server_flags)
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, access_log=settings.access_log)
     config = serve_config(EmbeddingConfig.load(args.config, env=environ, **embedding_flags))
     failures: list[BaseException] = []
     server: Any = None

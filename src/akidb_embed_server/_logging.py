@@ -67,8 +67,13 @@ _UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi"
 _handler: logging.Handler | None = None
 
 
-def configure_logging(level: str | int = "INFO", fmt: str = "text") -> None:
+def configure_logging(
+    level: str | int = "INFO", fmt: str = "text", *, access_log: bool = True
+) -> None:
     """Send every log record to stderr, as text lines or (``fmt="json"``) JSON lines.
+
+    With ``access_log=False`` the access logger keeps only WARNING and above: the lines of
+    requests answered with a 5xx.
 
     Replaces the handler a previous call installed (so it can be called again) and
     routes uvicorn's loggers and :mod:`warnings` through the same handler, so with
@@ -99,6 +104,7 @@ def configure_logging(level: str | int = "INFO", fmt: str = "text") -> None:
         root.removeHandler(_handler)
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
+    _access.setLevel(logging.NOTSET if access_log else logging.WARNING)
     _handler = handler
     for name in _UVICORN_LOGGERS:  # one format for all: uvicorn's own handlers go
         logger = logging.getLogger(name)

@@ -279,8 +279,11 @@ class Reloader:
         """Apply the server settings (no await: part of the atomic step)."""
         service = self.service
         service.settings = settings
-        if (settings.log_level, settings.log_format) != (old.log_level, old.log_format):
-            configure_logging(settings.log_level, settings.log_format)
+        logs = (settings.log_level, settings.log_format, settings.access_log)
+        if logs != (old.log_level, old.log_format, old.access_log):
+            configure_logging(
+                settings.log_level, settings.log_format, access_log=settings.access_log
+            )
         if self._on_settings is not None:
             self._on_settings(settings)
 

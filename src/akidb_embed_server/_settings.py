@@ -93,6 +93,10 @@ class ServerSettings:
         end of the grace.
     log_format, log_level:
         ``text`` or ``json`` lines; a :mod:`logging` level name (stored upper-case).
+    access_log:
+        Write one access line per request (at INFO). ``False`` keeps only the lines
+        of requests answered with a 5xx (WARNING): each line costs the event loop about
+        as much as the metrics (``benchmarks/bench_server.py --rows overhead``).
     metrics_enabled:
         Serve ``GET /metrics``.
     served_model_name:
@@ -122,6 +126,7 @@ class ServerSettings:
     drain_grace_s: float = 0.0
     log_format: LogFormat = "text"
     log_level: str = "INFO"
+    access_log: bool = True
     metrics_enabled: bool = True
     served_model_name: str | None = None
     grpc_port: int = 9090
@@ -297,7 +302,7 @@ _INTS = (
     "grpc_port",
 )
 _FLOATS = ("max_wait_ms", "request_timeout_s", "drain_timeout_s", "drain_grace_s")
-_BOOLS = ("metrics_enabled", "grpc_enabled")
+_BOOLS = ("access_log", "metrics_enabled", "grpc_enabled")
 _NULLABLE = ("api_key_file", "max_batch_size", "request_timeout_s", "served_model_name")
 # Lower bounds; the ports also have an upper one.
 _MINIMUM: dict[str, float] = {

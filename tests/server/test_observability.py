@@ -259,6 +259,26 @@ def test_metrics_disabled_is_404_and_text_logs(serve: Callable[..., Served]) -> 
     assert not any(x.lstrip().startswith("{") for x in lines)
 
 
+def test_no_access_log_keeps_only_the_5xx_lines(serve: Callable[..., Served]) -> None:
+    # Every second provider call fails: answers alternate between 200 and a 5xx.
+    served = serve("--provider", "mock", "--option", "fail_every=2", "--no-access-log")
+    statuses = {}
+    with httpx.Client(base_url=served.url, timeout=10) as client:
+        for i in range(4):
+            r = client.post(
+                "/embed", json={"inputs": [f"text {i}"]}, headers={"X-Request-ID": f"q-{i}"}
+            )
+            statuses[f"q-{i}"] = r.status_code
+    assert 200 in statuses.values(), statuses
+    assert any(code >= 500 for code in statuses.values()), statuses
+    served.stop()
+    lines = [x for x in served.output().splitlines() if "akidb_embed.server.access" in x]
+    logged = {x.split("request_id=")[1].split()[0] for x in lines}
+    assert logged == {rid for rid, code in statuses.items() if code >= 500}, (statuses, lines)
+    assert all(" WARNING akidb_embed.server.access " in x for x in lines)
+    assert any("serving provider=mock" in x for x in served.output().splitlines())
+
+
 # --- logs ---------------------------------------------------------------------------------
 
 
