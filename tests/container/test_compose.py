@@ -208,7 +208,9 @@ def test_shutdown_drains_before_the_kill(compose, image):
     assert image["STOPSIGNAL"].value == ("SIGTERM",)
     for name, service in services(compose).items():
         env = {**image["env"], **environment(service)}
-        drain = ServerSettings.load(environ=env).drain_timeout_s
+        settings = ServerSettings.load(environ=env)
+        # The port stays open for the grace, then in-flight requests get drain_timeout_s.
+        drain = settings.drain_grace_s + settings.drain_timeout_s
         assert seconds(service["stop_grace_period"]) > drain, name
         assert service["init"] is True, name
 
