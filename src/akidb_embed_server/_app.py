@@ -513,8 +513,8 @@ def create_app(
         current = state.settings
         if not current.admin_api_keys:
             message = (
-                "the admin API is off: set admin_api_keys in [server] or "
-                "AKIDB_SERVER_ADMIN_API_KEYS to turn it on"
+                "the admin API is off: set admin_api_keys or admin_api_key_file in "
+                "[server] (or AKIDB_SERVER_ADMIN_API_KEYS / _FILE) to turn it on"
             )
             return _error_response("akidb", _Failure(404, message, "admin_disabled"))
         token = bearer_token(http.scope["headers"])

@@ -54,6 +54,12 @@ def _server_arguments(group: Any) -> None:
         metavar="PATH",
     )
     add(
+        "--admin-api-key-file",
+        "admin_api_key_file",
+        "file of admin API keys (POST /admin/reload), one per line",
+        metavar="PATH",
+    )
+    add(
         "--cors-origin",
         "cors_origins",
         "allowed CORS origin, '*' for any (repeatable; replaces cors_origins)",

@@ -66,7 +66,11 @@ class ServerSettings:
     admin_api_keys:
         Keys of the admin API (``POST /admin/reload``), separate from *api_keys*: an
         admin key is not a client key, nor the reverse. Empty (the default) turns the
-        admin API off (its paths answer 404).
+        admin API off (its paths answer 404). After construction it also holds the keys
+        read from *admin_api_key_file*.
+    admin_api_key_file:
+        A file of admin keys, read like *api_key_file* and added to *admin_api_keys*
+        (for secrets mounted as files, e.g. Docker or Kubernetes secrets).
     public_paths:
         Paths answered without a key even when keys are set.
     cors_origins:
@@ -112,6 +116,7 @@ class ServerSettings:
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     api_key_file: str | None = None
     admin_api_keys: tuple[str, ...] = field(default=(), repr=False)
+    admin_api_key_file: str | None = None
     public_paths: tuple[str, ...] = ("/health", "/metrics")
     cors_origins: tuple[str, ...] = ()
     max_batch_tokens: int = 16384
@@ -132,9 +137,12 @@ class ServerSettings:
     grpc_port: int = 9090
     grpc_enabled: bool = True
     _sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
-    # The keys given as api_keys, before the file's were added: replace() starts from
-    # these, so a changed or removed api_key_file never leaves stale keys behind.
-    _given_keys: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
+    # The keys given as api_keys / admin_api_keys, before their files' were added:
+    # replace() starts from these, so a changed or removed key file never leaves stale
+    # keys behind.
+    _given_keys: Mapping[str, tuple[str, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         sources = dict(self._sources)
@@ -143,14 +151,18 @@ class ServerSettings:
             sources.setdefault(name, DEFAULT if _same(value, _DEFAULTS[name]) else ARGUMENT)
         for name in _FIELDS:
             object.__setattr__(self, name, _check(name, getattr(self, name), sources[name]))
-        object.__setattr__(self, "_given_keys", self.api_keys)
-        sources[_GIVEN_KEYS_SOURCE] = given = sources["api_keys"]
-        if self.api_key_file is not None:
-            file_keys = _read_key_file(self.api_key_file, sources["api_key_file"])
-            merged = tuple(dict.fromkeys((*self.api_keys, *file_keys)))
-            object.__setattr__(self, "api_keys", merged)
-            where = f"file:{Path(self.api_key_file).resolve()}"
-            sources["api_keys"] = where if not self._given_keys else f"{given} + {where}"
+        given_keys: dict[str, tuple[str, ...]] = {}
+        for keys_name, file_name in _KEY_FILES.items():
+            given = given_keys[keys_name] = getattr(self, keys_name)
+            sources[_GIVEN_KEYS_SOURCE + keys_name] = given_source = sources[keys_name]
+            path = getattr(self, file_name)
+            if path is None:
+                continue
+            file_keys = _read_key_file(path, file_name, sources[file_name])
+            object.__setattr__(self, keys_name, tuple(dict.fromkeys((*given, *file_keys))))
+            where = f"file:{Path(path).resolve()}"
+            sources[keys_name] = f"{given_source} + {where}" if given else where
+        object.__setattr__(self, "_given_keys", given_keys)
         object.__setattr__(self, "_sources", sources)
         if self.grpc_enabled and self.port != 0 and self.grpc_port == self.port:
             raise ConfigValueError(
@@ -169,8 +181,8 @@ class ServerSettings:
 
     def source(self, name: str) -> str:
         """Where *name* got its value: ``"default"``, ``"argument"``, ``"env:VAR"`` or
-        ``"file:PATH"`` (``api_keys`` read from a key file: ``"file:KEYFILE"``, after
-        ``" + "`` when keys were given as well)."""
+        ``"file:PATH"`` (``api_keys`` / ``admin_api_keys`` read from a key file:
+        ``"file:KEYFILE"``, after ``" + "`` when keys were given as well)."""
         if name not in _FIELDS:
             raise UnknownConfigKeyError(name, "source()", _FIELDS)
         return self._sources[name]
@@ -185,9 +197,10 @@ class ServerSettings:
             if key not in _FIELDS:
                 raise UnknownConfigKeyError(key, "arguments", _FIELDS)
         sources = {**self._sources, **dict.fromkeys(changes, ARGUMENT)}
-        if "api_keys" not in changes:
-            changes["api_keys"] = self._given_keys
-            sources["api_keys"] = self._sources[_GIVEN_KEYS_SOURCE]
+        for keys_name in _KEY_FILES:
+            if keys_name not in changes:
+                changes[keys_name] = self._given_keys[keys_name]
+                sources[keys_name] = self._sources[_GIVEN_KEYS_SOURCE + keys_name]
         return dataclasses.replace(self, **changes, _sources=sources)
 
     def to_dict(self) -> dict[str, Any]:
@@ -276,8 +289,11 @@ class ServerSettings:
         return cls(**values, _sources=sources)
 
 
-# Where the keys given as api_keys came from (the public source also names the key file).
-_GIVEN_KEYS_SOURCE = "_given_keys"
+# Where the keys given as api_keys / admin_api_keys came from (the public source also
+# names the key file), under this prefix + the setting's name.
+_GIVEN_KEYS_SOURCE = "_given_"
+# Each key list and the file whose keys are added to it.
+_KEY_FILES = {"api_keys": "api_key_file", "admin_api_keys": "admin_api_key_file"}
 
 _FIELDS: tuple[str, ...] = tuple(
     f.name for f in dataclasses.fields(ServerSettings) if not f.name.startswith("_")
@@ -287,7 +303,14 @@ _DEFAULTS: dict[str, Any] = {
 }
 
 # Settings by kind; every field is in exactly one.
-_STRINGS = ("host", "api_key_file", "log_format", "log_level", "served_model_name")
+_STRINGS = (
+    "host",
+    "api_key_file",
+    "admin_api_key_file",
+    "log_format",
+    "log_level",
+    "served_model_name",
+)
 _LISTS = ("api_keys", "admin_api_keys", "public_paths", "cors_origins")
 # Never shown: to_dict() masks them, error messages name their type only.
 _SECRETS = ("api_keys", "admin_api_keys")
@@ -303,7 +326,13 @@ _INTS = (
 )
 _FLOATS = ("max_wait_ms", "request_timeout_s", "drain_timeout_s", "drain_grace_s")
 _BOOLS = ("access_log", "metrics_enabled", "grpc_enabled")
-_NULLABLE = ("api_key_file", "max_batch_size", "request_timeout_s", "served_model_name")
+_NULLABLE = (
+    "api_key_file",
+    "admin_api_key_file",
+    "max_batch_size",
+    "request_timeout_s",
+    "served_model_name",
+)
 # Lower bounds; the ports also have an upper one.
 _MINIMUM: dict[str, float] = {
     "port": 0,
@@ -356,7 +385,7 @@ def _check(name: str, value: Any, source: str) -> Any:
         items = tuple(value)
         _check_list(name, items, source)
         return items
-    if name == "api_key_file" and isinstance(value, os.PathLike):
+    if name in _KEY_FILES.values() and isinstance(value, os.PathLike):
         value = os.fspath(value)
     if name in _STRINGS:
         if not isinstance(value, str):
@@ -424,16 +453,17 @@ def _key_problem(key: str) -> str | None:
     return None
 
 
-def _read_key_file(path: str, source: str) -> tuple[str, ...]:
+def _read_key_file(path: str, name: str, source: str) -> tuple[str, ...]:
+    """The keys of key file *path*, given as setting *name* (which errors name)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigValueError("api_key_file", f"no such file: {path}", source) from None
+        raise ConfigValueError(name, f"no such file: {path}", source) from None
     except UnicodeDecodeError:
-        raise ConfigValueError("api_key_file", f"{path} is not UTF-8 text", source) from None
+        raise ConfigValueError(name, f"{path} is not UTF-8 text", source) from None
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise ConfigValueError("api_key_file", f"cannot read {path}: {reason}", source) from None
+        raise ConfigValueError(name, f"cannot read {path}: {reason}", source) from None
     keys: list[str] = []
     for number, line in enumerate(text.splitlines(), start=1):
         key = line.strip()
@@ -441,10 +471,10 @@ def _read_key_file(path: str, source: str) -> tuple[str, ...]:
             continue
         problem = _key_problem(key)
         if problem:
-            raise ConfigValueError("api_key_file", f"{path}, line {number}: {problem}", source)
+            raise ConfigValueError(name, f"{path}, line {number}: {problem}", source)
         keys.append(key)
     if not keys:
-        raise ConfigValueError("api_key_file", f"{path} has no keys", source)
+        raise ConfigValueError(name, f"{path} has no keys", source)
     return tuple(keys)
 
 

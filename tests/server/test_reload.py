@@ -356,6 +356,32 @@ def test_admin_api_is_off_without_an_admin_key_and_refuses_wrong_keys(
         assert "WWW-Authenticate" in refused.headers
 
 
+def test_admin_keys_from_a_key_file_rotate_on_reload(serve: Serve, tmp_path: Path) -> None:
+    keys = tmp_path / "admin-keys"
+    keys.write_text("# mounted as a secret\nfile-admin-key\n")
+    config = tmp_path / "akidb.toml"
+    config.write_text(mock_toml())
+    served = serve("--config", str(config), "--admin-api-key-file", str(keys))
+    first = {"Authorization": "Bearer file-admin-key"}
+    assert httpx.post(f"{served.url}/admin/reload", headers=first, timeout=60).status_code == 200
+    # An admin key is not a client key: with client keys set, it does not open /v1/embeddings.
+    keys.write_text("rotated-admin-key\n")
+    config.write_text('[server]\napi_keys = ["client-key"]\n' + mock_toml())
+    assert httpx.post(f"{served.url}/admin/reload", headers=first, timeout=60).status_code == 200
+    # The reload read the file again: the old key is gone, the new one works.
+    refused = httpx.post(f"{served.url}/admin/reload", headers=first, timeout=60)
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_admin_key"
+    second = {"Authorization": "Bearer rotated-admin-key"}
+    assert httpx.post(f"{served.url}/admin/reload", headers=second, timeout=60).status_code == 200
+    body = {"input": "hello"}
+    as_admin = httpx.post(f"{served.url}/v1/embeddings", json=body, headers=second, timeout=30)
+    assert as_admin.status_code == 401
+    as_client = {"Authorization": "Bearer client-key"}
+    ok = httpx.post(f"{served.url}/v1/embeddings", json=body, headers=as_client, timeout=30)
+    assert ok.status_code == 200, ok.text
+    assert "file-admin-key" not in served.output() and "rotated-admin-key" not in served.output()
+
+
 def test_a_second_reload_during_one_is_refused_with_409(
     serve: Serve, tmp_path: Path, minilm_onnx_dir: Path
 ) -> None:

@@ -275,6 +275,31 @@ def test_bad_key_files(tmp_path: Path, content: str | bytes | None, text: str) -
         ServerSettings(api_key_file=str(keys))  # direct construction reads it too
 
 
+def test_admin_keys_from_a_key_file(tmp_path: Path) -> None:
+    keys = tmp_path / "admin-keys"
+    keys.write_text(f"# admin\n{OTHER_SECRET}\n{SECRET}\n")
+    path = toml(tmp_path, f'admin_api_keys = ["{SECRET}"]\nadmin_api_key_file = "{keys}"\n')
+    settings = ServerSettings.load(path, environ={})
+    assert settings.admin_api_keys == (SECRET, OTHER_SECRET) and settings.api_keys == ()
+    assert settings.source("admin_api_keys") == f"file:{path.resolve()} + file:{keys.resolve()}"
+    assert settings.to_dict()["admin_api_keys"] == ["***", "***"]
+    only_file = ServerSettings.load(environ={"AKIDB_SERVER_ADMIN_API_KEY_FILE": str(keys)})
+    assert only_file.admin_api_keys == (OTHER_SECRET, SECRET)
+    assert only_file.source("admin_api_keys") == f"file:{keys.resolve()}"
+    # replace() reads the key files again: no stale keys, and each list keeps its own.
+    assert only_file.replace(admin_api_key_file=None).admin_api_keys == ()
+    both = only_file.replace(api_key_file=str(keys))
+    assert both.api_keys == both.admin_api_keys == (OTHER_SECRET, SECRET)
+    assert both.replace(api_key_file=None).admin_api_keys == (OTHER_SECRET, SECRET)
+    assert settings.replace(port=1).source("admin_api_keys") == settings.source("admin_api_keys")
+    keys.write_text("# none left\n")
+    with pytest.raises(ConfigValueError) as info:
+        ServerSettings.load(environ={"AKIDB_SERVER_ADMIN_API_KEY_FILE": str(keys)})
+    message = str(info.value)
+    assert "'admin_api_key_file'" in message and "has no keys" in message
+    assert "env:AKIDB_SERVER_ADMIN_API_KEY_FILE" in message
+
+
 def test_keys_never_shown(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     keys.write_text(OTHER_SECRET + "\n")
