@@ -99,8 +99,8 @@ class ServerSettings:
         ``text`` or ``json`` lines; a :mod:`logging` level name (stored upper-case).
     access_log:
         Write one access line per request (at INFO). ``False`` keeps only the lines
-        of requests answered with a 5xx (WARNING): each line costs the event loop about
-        as much as the metrics (``benchmarks/bench_server.py --rows overhead``).
+        of requests answered with a 5xx (WARNING): a line is ~10% of the server's CPU
+        for a short request (``benchmarks/bench_server.py --rows overhead``).
     metrics_enabled:
         Serve ``GET /metrics``.
     served_model_name:
