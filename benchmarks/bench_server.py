@@ -317,16 +317,23 @@ class Served:
 
 @contextlib.contextmanager
 def serve(
-    name: str, command: list[str], ready_path: str, log: Path, threads: int | None, timeout: float
+    name: str,
+    command: list[str],
+    ready_path: str,
+    log: Path,
+    threads: int | None,
+    timeout: float,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Served]:
-    """Start *command* (which must take the port from ``{port}``), wait for
-    ``GET ready_path`` to answer 200, yield, then stop it."""
+    """Start *command* (which must take the port from ``{port}``) with *env* added to
+    its environment, wait for ``GET ready_path`` to answer 200, yield, then stop it."""
     import httpx
 
     port = _free_port()
     argv = [part.replace("{port}", str(port)) for part in command]
     with log.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=_env(threads))
+        child_env = {**_env(threads), **(env or {})}
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=child_env)
     served = Served(name, proc, f"http://127.0.0.1:{port}", log)
     try:
         deadline = time.monotonic() + timeout
@@ -501,18 +508,10 @@ def _overhead_servers(
                 ready = "/v1/models"
             else:
                 command, ready = list(what), "/ready"
-            saved = {k: os.environ.get(k) for k in env}
-            os.environ.update(env)  # serve() hands os.environ to the child
-            try:
-                served = stack.enter_context(
-                    serve(name, command, ready, tmp / f"floor{i}.log", args.threads, 120.0)
-                )
-            finally:
-                for k, v in saved.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
+            log = tmp / f"floor{i}.log"
+            served = stack.enter_context(
+                serve(name, command, ready, log, args.threads, 120.0, env=env)
+            )
             wrk(served, bodies, 32, args.warmup, cores)
             running.append((name, served, []))
         for round_ in range(rounds):
