@@ -66,7 +66,10 @@ _SHARE = True
 # So a single text is padded to a multiple of 16 (masked positions: same vector). Runs
 # of many texts are not: there the extra tokens cost more (-12% texts/s) than they save.
 _QUERY_PAD_MULTIPLE = 16
-# Compiled models are cached here, under the model cache (OpenVINO's CACHE_DIR).
+# Compiled models are cached here, under the model cache (OpenVINO's CACHE_DIR), in one
+# folder per device and precision: OpenVINO 2026.4 keys a blob without the precision hint,
+# and a bf16 model compiled from the blob an f32 compile had just written in the same
+# process gave NaN vectors now and then (one start in three, on a CPU with AMX).
 _CACHE_SUBDIR = "akidb-embed-openvino"
 
 
@@ -183,7 +186,8 @@ class OpenVINOEmbeddingProvider(EncoderProvider):
             truncation=self.config.truncation,
         )
 
-        cache = hub_cache_dir(self.config.cache_dir) / _CACHE_SUBDIR
+        tag = f"{self.device}-{chosen or 'default'}".replace("/", "_")
+        cache = hub_cache_dir(self.config.cache_dir) / _CACHE_SUBDIR / tag
         properties: dict[str, Any] = {
             "PERFORMANCE_HINT": hint,
             "CACHE_DIR": str(cache),

@@ -168,15 +168,41 @@ def test_compiled_model_is_cached_under_the_model_cache(
 ) -> None:
     cache = tmp_path / "hub"
     first = make_provider(minilm_onnx_dir, cache, precision="f32")
-    blobs = list((cache / "akidb-embed-openvino").iterdir())
+    folder = cache / "akidb-embed-openvino" / "CPU-f32"  # one folder per device and precision
+    blobs = list(folder.iterdir())
     assert blobs, "nothing written to the compile cache"
     first.close()
     second = make_provider(minilm_onnx_dir, cache, precision="f32")
-    assert sorted((cache / "akidb-embed-openvino").iterdir()) == sorted(blobs)  # reused
+    assert sorted(folder.iterdir()) == sorted(blobs)  # reused
     np.testing.assert_allclose(
         second.embed_batch(["cached"]), f32_provider.embed_batch(["cached"]), atol=1e-6
     )
     second.close()
+
+
+def test_each_precision_compiles_into_its_own_cache(
+    minilm_onnx_dir: Path,
+    tmp_path: Path,
+    f32_provider: OpenVINOEmbeddingProvider,
+    bf16_provider: OpenVINOEmbeddingProvider,
+    varied_texts: list[str],
+) -> None:
+    """OpenVINO keys a cached blob without the precision: an f32 and a bf16 model compiled
+    one after the other in one process from one cache folder shared a blob, and the bf16
+    one gave NaN vectors in some starts (a CPU with AMX). Each precision has its folder."""
+    texts = varied_texts[:24]
+    for attempt in range(3):  # the failure was intermittent: a fresh cache each time
+        cache = tmp_path / f"hub{attempt}"
+        f32 = make_provider(minilm_onnx_dir, cache, precision="f32")
+        bf16 = make_provider(minilm_onnx_dir, cache, precision="bf16")
+        got = bf16.embed_batch(texts)
+        assert np.isfinite(got).all(), f"attempt {attempt}: NaN from the bf16 model"
+        assert _cosines(got, bf16_provider.embed_batch(texts)).min() >= 0.99999
+        assert _cosines(f32.embed_batch(texts), f32_provider.embed_batch(texts)).min() >= 0.99999
+        folders = sorted(p.name for p in (cache / "akidb-embed-openvino").iterdir())
+        assert folders == ["CPU-bf16", "CPU-f32"]
+        f32.close()
+        bf16.close()
 
 
 def test_threads_hint_and_run_batch_size(
@@ -249,7 +275,7 @@ def test_repo_id_from_the_local_hub_cache_offline(
     )
     provider = OpenVINOEmbeddingProvider(config)
     assert provider.info().revision == commit
-    assert (tmp_path / "hub" / "akidb-embed-openvino").is_dir()
+    assert (tmp_path / "hub" / "akidb-embed-openvino" / "CPU-f32").is_dir()
     np.testing.assert_allclose(
         provider.embed_batch(["from the hub cache"]),
         f32_provider.embed_batch(["from the hub cache"]),

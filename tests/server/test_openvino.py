@@ -43,4 +43,4 @@ def test_serve_openvino_answers_embed(
         timeout=30,
     )
     assert 400 <= r.status_code < 500 and "error" in r.json(), r.text
-    assert (tmp_path / "akidb-embed-openvino").is_dir()  # the server compiled into the cache
+    assert any((tmp_path / "akidb-embed-openvino").iterdir())  # the server compiled into the cache
