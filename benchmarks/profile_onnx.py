@@ -38,15 +38,14 @@ MATMUL_OPS = {
 }
 
 
-def profile(folder: Path, docs: list[str], threads: int, batch: int) -> dict[str, float]:
+def profile(folder: Path, docs: list[str], threads: int, tokens: int) -> dict[str, float]:
     import onnxruntime as ort
 
-    from akidb_embed.backend import load_tokenizer
+    from akidb_embed.backend import load_tokenizer, sorted_runs
     from akidb_embed_onnx._provider import _CPU_DISABLED_OPTIMIZERS
 
     tokenizer = load_tokenizer(folder, 256, padding=False)
     encodings = tokenizer.encode_batch(docs)
-    order = sorted(range(len(docs)), key=lambda i: len(encodings[i].ids))
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -60,8 +59,7 @@ def profile(folder: Path, docs: list[str], threads: int, batch: int) -> dict[str
     )
     names = {i.name for i in session.get_inputs()}
     feeds = []
-    for start in range(0, len(order), batch):
-        rows = order[start : start + batch]
+    for rows in sorted_runs([e.ids for e in encodings], 32, tokens):
         width = max(len(encodings[i].ids) for i in rows)
         ids = np.zeros((len(rows), width), dtype=np.int64)
         mask = np.zeros_like(ids)
@@ -99,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     from conftest import cached_export, packaged_minilm  # type: ignore[import-not-found]
 
     from akidb_embed.backend import available_cores
-    from akidb_embed_onnx._provider import _CPU_SESSION_BATCH
+    from akidb_embed_onnx._provider import _CPU_RUN_TOKENS
 
     threads = args.threads or available_cores()
     docs = corpus.documents()[: args.docs]
@@ -112,10 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(
         f"all-MiniLM-L6-v2, {len(docs)} texts ({tokens} tokens, {flops / 1e9:.0f} GFLOP), "
-        f"{threads} threads, runs of {_CPU_SESSION_BATCH} texts, one session, profiler on\n"
+        f"{threads} threads, runs of up to {_CPU_RUN_TOKENS} padded tokens, one session, "
+        "profiler on\n"
     )
     for name, folder in models.items():
-        times = profile(folder, docs, threads, _CPU_SESSION_BATCH)
+        times = profile(folder, docs, threads, _CPU_RUN_TOKENS)
         wall = times.pop("__wall__")
         total = sum(times.values())
         matmul = sum(v for k, v in times.items() if k in MATMUL_OPS)

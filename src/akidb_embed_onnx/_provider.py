@@ -68,16 +68,19 @@ _OPTIONS = (
     "inter_op_threads",
     "execution_providers",
     "session_batch_size",
+    "session_batch_tokens",
     "concurrent_runs",
     "spinning",
 )
 _SPINNING = ("always", "in_run", "never")
 # Benchmarks behind these three: benchmarks/README.md, "Measured choices in the onnx provider".
-# Texts per session run on the CPU: small batches keep activations in cache.
-_CPU_SESSION_BATCH = 8
+# Padded tokens (texts x the longest) per onnxruntime run on the CPU: a run this small keeps
+# its activations in cache, and one this large pays the per-run cost on enough tokens.
+_CPU_RUN_TOKENS = 512
 # int8 on the CPU: per-operator work, not GEMMs, dominates and splits badly across threads,
-# so several single-threaded runs at once beat one multi-threaded run (fp32 does not gain).
-_CPU_CONCURRENT_BATCH = 2
+# so several single-threaded runs at once beat one multi-threaded run (fp32 does not gain);
+# each of those runs takes half the tokens of a multi-threaded one.
+_CPU_CONCURRENT_RUN_TOKENS = 256
 # onnxruntime's CPU SkipLayerNormalization kernel is slower than the LayerNormalization + Add
 # it fuses; other execution providers keep the fusion.
 _CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
@@ -148,14 +151,18 @@ class OnnxEmbeddingProvider(EncoderProvider):
         ``inter_op_threads``
             Inter-op threads (default 1).
         ``session_batch_size``
-            Texts per onnxruntime run. Each call is sorted by token count and cut into
-            runs of at most this many texts (and at most ``batch_size``); default 8 on
-            the CPU (small batches stay in cache), ``batch_size`` on accelerators.
+            Texts per onnxruntime run at most (and at most ``batch_size``, the default).
+            Each call is sorted by token count and cut into runs.
+        ``session_batch_tokens``
+            Padded tokens (texts x the run's longest) per onnxruntime run at most; a
+            text longer than that runs alone. Default on the CPU: 512, or 256 for each
+            of several concurrent runs (a run this size stays in cache, and short texts
+            share one run); no limit on accelerators.
         ``concurrent_runs``
-            Sub-batches run at once when a call has several, each on its own thread
-            against a single-threaded session (queries and one-run calls keep the
-            multi-threaded session). Default: the thread count for int8 models on the
-            CPU (then ``session_batch_size`` defaults to 2), else 1.
+            Runs at once when a call has several texts, each on its own thread against a
+            single-threaded session (queries keep the multi-threaded session); a call
+            is cut into at least this many runs. Default: the thread count for int8
+            models on the CPU, else 1.
         ``spinning``
             When onnxruntime's threads spin-wait for work: ``"always"`` (onnxruntime's
             default: fastest for back-to-back calls, but the cores stay busy between
@@ -205,6 +212,7 @@ class OnnxEmbeddingProvider(EncoderProvider):
         on_cpu = all(name == "CPUExecutionProvider" for name, _ in providers)
         concurrent = int_option(options, "concurrent_runs")
         session_batch = int_option(options, "session_batch_size")
+        run_tokens = int_option(options, "session_batch_tokens")
         spinning = str_option(options, "spinning", choices=_SPINNING) or "always"
 
         import onnxruntime as ort
@@ -266,15 +274,15 @@ class OnnxEmbeddingProvider(EncoderProvider):
             concurrent = threads if on_cpu and self._dtype == "int8" else 1
         #: Sub-batches run at once (each single-threaded) when a call has several.
         self.concurrent_runs = min(concurrent, threads)
-        if session_batch is None:
-            if not on_cpu:
-                session_batch = self.config.batch_size
-            elif self.concurrent_runs > 1:
-                session_batch = _CPU_CONCURRENT_BATCH
-            else:
-                session_batch = _CPU_SESSION_BATCH
-        #: Texts per onnxruntime run.
-        self.session_batch_size = min(session_batch, self.config.batch_size)
+        #: Texts per onnxruntime run at most.
+        self.session_batch_size = min(
+            session_batch or self.config.batch_size, self.config.batch_size
+        )
+        if run_tokens is None and on_cpu:
+            run_tokens = _CPU_CONCURRENT_RUN_TOKENS if self.concurrent_runs > 1 else _CPU_RUN_TOKENS
+        #: Padded tokens per onnxruntime run at most (``None``: no limit); a text longer
+        #: than that runs alone.
+        self.session_batch_tokens = run_tokens
         self._pool_lock = threading.Lock()
         self._pool: tuple[Any, ThreadPoolExecutor] | None = None
         dimension = spec.dimension or int(self.embed_batch([""]).shape[-1])
@@ -332,8 +340,10 @@ class OnnxEmbeddingProvider(EncoderProvider):
         session = self._live()
         dimension = self._info.dimension if hasattr(self, "_info") else 0
         size = self.session_batch_size
-        if len(rows) > size and self.concurrent_runs > 1:
+        if len(rows) > 1 and self.concurrent_runs > 1:
             single, executor = self._concurrent_pool()
+            # At least one run per thread, so no thread idles while another works.
+            size = min(size, -(-len(rows) // self.concurrent_runs))
             try:
                 out = run_sorted(
                     rows,
@@ -341,6 +351,7 @@ class OnnxEmbeddingProvider(EncoderProvider):
                     lambda run: self._forward(single, run),
                     dimension=dimension,
                     map_runs=executor.map,
+                    tokens=self.session_batch_tokens,
                 )
             except RuntimeError:  # the executor refuses work once close() shut it down
                 if self._session is None:
@@ -348,7 +359,11 @@ class OnnxEmbeddingProvider(EncoderProvider):
                 raise
         else:
             out = run_sorted(
-                rows, size, lambda run: self._forward(session, run), dimension=dimension
+                rows,
+                size,
+                lambda run: self._forward(session, run),
+                dimension=dimension,
+                tokens=self.session_batch_tokens,
             )
         if self._spec.normalize:
             normalize_rows(out)

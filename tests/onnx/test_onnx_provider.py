@@ -183,31 +183,94 @@ def test_sub_batches_follow_batch_size(
 def test_session_batch_size(
     minilm_onnx_dir: Path, onnx_provider: OnnxEmbeddingProvider, texts: list[str]
 ) -> None:
-    assert onnx_provider.session_batch_size == 8  # CPU default, below batch_size (32)
+    assert onnx_provider.session_batch_size == 32  # default: batch_size
     wide = _provider(minilm_onnx_dir, options={"session_batch_size": 64})
     assert wide.session_batch_size == 32  # never above batch_size
+    narrow = _provider(minilm_onnx_dir, options={"session_batch_size": 3})
     sample = texts[:40] + texts[-4:]
     np.testing.assert_allclose(
-        wide.embed_batch(sample), onnx_provider.embed_batch(sample), atol=1e-5
+        narrow.embed_batch(sample), onnx_provider.embed_batch(sample), atol=1e-5
     )
     wide.close()
+    narrow.close()
+
+
+def _run_shapes(provider: OnnxEmbeddingProvider, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Record (texts, padded width) of every onnxruntime run *provider* makes."""
+    shapes: list[tuple[int, int]] = []
+    forward = provider._forward
+
+    def spy(session: Any, rows: list[Any]) -> np.ndarray:
+        shapes.append((len(rows), max(len(r) for r in rows)))
+        return forward(session, rows)
+
+    monkeypatch.setattr(provider, "_forward", spy)
+    return shapes
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_runs_keep_within_the_token_budget(
+    threads: int,
+    minilm_onnx_dir: Path,
+    texts: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Short texts share a run up to ``session_batch_tokens`` padded tokens, long ones
+    run in small runs or alone; the vectors do not depend on how runs are cut (fp32)."""
+    budget = 96
+    provider = _provider(
+        minilm_onnx_dir, options={"threads": threads, "session_batch_tokens": budget}
+    )
+    assert provider.session_batch_tokens == budget
+    shapes = _run_shapes(provider, monkeypatch)
+    short = ["a query", "a short one", "one more", "the fourth text"] * 4
+    sample = short + texts[-4:]  # the last texts are over 256 tokens: each runs alone
+    random.Random(3).shuffle(sample)
+    got = provider.embed_batch(sample)
+    counts = provider.count_tokens(sample)
+    assert sum(n for n, _ in shapes) == len(sample)
+    assert all(n * width <= budget or n == 1 for n, width in shapes), shapes
+    assert max(n for n, _ in shapes) > 8  # the short texts shared runs
+    assert sum(1 for n, w in shapes if n == 1 and w > budget) == sum(c > budget for c in counts)
+    whole = _provider(minilm_onnx_dir, options={"threads": threads, "session_batch_tokens": 10**6})
+    np.testing.assert_allclose(got, whole.embed_batch(sample), atol=1e-5)
+    whole.close()
+    provider.close()
 
 
 def test_concurrent_runs_default_to_int8_on_the_cpu(
     minilm_onnx_dir: Path, minilm_onnx_int8_dir: Path
 ) -> None:
+    def runs(provider: OnnxEmbeddingProvider) -> tuple[int, int, int | None]:
+        shape = (provider.concurrent_runs, provider.session_batch_size)
+        return (*shape, provider.session_batch_tokens)
+
     fp32 = _provider(minilm_onnx_dir, options={"threads": 2})
-    assert (fp32.concurrent_runs, fp32.session_batch_size) == (1, 8)
+    assert runs(fp32) == (1, 32, 512)
     fp32.close()
     int8 = _provider(minilm_onnx_int8_dir, options={"threads": 2})
-    assert (int8.concurrent_runs, int8.session_batch_size) == (2, 2)
+    assert runs(int8) == (2, 32, 256)  # each single-threaded run takes half the tokens
     int8.close()
     single = _provider(minilm_onnx_int8_dir, options={"threads": 1})
-    assert (single.concurrent_runs, single.session_batch_size) == (1, 8)
+    assert runs(single) == (1, 32, 512)
     single.close()
     capped = _provider(minilm_onnx_dir, options={"threads": 2, "concurrent_runs": 8})
     assert capped.concurrent_runs == 2  # never more runs than threads
     capped.close()
+
+
+def test_concurrent_runs_split_a_call_across_the_threads(
+    minilm_onnx_int8_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call that would fit one run is cut into one run per thread, so no thread idles."""
+    provider = _provider(minilm_onnx_int8_dir, options={"threads": 2})
+    shapes = _run_shapes(provider, monkeypatch)
+    provider.embed_batch([f"query number {i}" for i in range(10)])  # 10 x ~6 tokens
+    assert sorted(n for n, _ in shapes) == [5, 5]
+    shapes.clear()
+    provider.embed_batch(["one query"])  # a query: the multi-threaded session, one run
+    assert shapes == [(1, 4)]
+    provider.close()
 
 
 def test_spinning_reaches_every_session(minilm_onnx_int8_dir: Path, texts: list[str]) -> None:
@@ -249,7 +312,8 @@ def test_concurrent_runs_give_the_sequential_vectors(
     threads_before = set(threading.enumerate())
     sample = texts[:60] + texts[-6:]
     random.Random(7).shuffle(sample)
-    options = {"threads": 2, "session_batch_size": 3}
+    # The same runs either way (int8 vectors depend on which texts share a run).
+    options = {"threads": 2, "session_batch_size": 3, "session_batch_tokens": 256}
     concurrent = _provider(folder, options={**options, "concurrent_runs": 2})
     sequential = _provider(folder, options={**options, "concurrent_runs": 1})
     got = concurrent.embed_batch(sample)

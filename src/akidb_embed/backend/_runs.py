@@ -26,14 +26,29 @@ ENCODER_INPUTS: frozenset[str] = frozenset(
 _STATE_OUTPUTS = ("last_hidden_state", "token_embeddings")
 
 
-def sorted_runs(rows: Sequence[Sequence[int]], size: int) -> list[list[int]]:
-    """Indices of *rows* sorted by length, cut into runs of at most *size*.
+def sorted_runs(
+    rows: Sequence[Sequence[int]], size: int, tokens: int | None = None
+) -> list[list[int]]:
+    """Indices of *rows* sorted by length, cut into runs of at most *size* rows and, with
+    *tokens*, at most *tokens* padded tokens (rows x the run's longest; a row longer
+    than that runs alone).
 
     Texts of similar length share a run, so padding stays small.
     """
     n = len(rows)
     order = sorted(range(n), key=lambda i: len(rows[i])) if n > 1 else list(range(n))
-    return [order[start : start + size] for start in range(0, n, size)]
+    if tokens is None:
+        return [order[start : start + size] for start in range(0, n, size)]
+    runs: list[list[int]] = []
+    run: list[int] = []
+    for i in order:  # ascending: row i is the longest of its run so far
+        if run and (len(run) == size or (len(run) + 1) * len(rows[i]) > tokens):
+            runs.append(run)
+            run = []
+        run.append(i)
+    if run:
+        runs.append(run)
+    return runs
 
 
 def pad_rows(
@@ -127,8 +142,10 @@ def run_sorted(
     *,
     dimension: int,
     map_runs: Callable[..., Iterable[np.ndarray]] = map,
+    tokens: int | None = None,
 ) -> np.ndarray:
-    """Vectors of token id *rows*: sorted by length, run in runs of *size*, restored.
+    """Vectors of token id *rows*: sorted by length, run in runs of at most *size* rows
+    (and *tokens* padded tokens, see :func:`sorted_runs`), restored.
 
     Parameters
     ----------
@@ -146,7 +163,7 @@ def run_sorted(
     """
     if not rows:
         return np.zeros((0, dimension), dtype=np.float32)
-    chunks = sorted_runs(rows, size)
+    chunks = sorted_runs(rows, size, tokens)
     results = list(map_runs(lambda chunk: forward([rows[i] for i in chunk]), chunks))
     out = np.empty((len(rows), results[0].shape[1]), dtype=np.float32)
     for chunk, vectors in zip(chunks, results, strict=True):
