@@ -474,10 +474,10 @@ def _grpc_rows(args: argparse.Namespace, duration: float) -> None:
 def _overhead_servers(
     args: argparse.Namespace, tmp: Path, bodies: Path, cores: int
 ) -> list[dict[str, Any]]:
-    """Per-request server CPU at 32 clients with no model: the floors of
-    ``floor_server.py`` and ``akidb-embed serve --provider mock`` with its parts on and
-    off. All start at once (an idle one costs nothing), then take turns with wrk for
-    several rounds; medians per server."""
+    """Per-request server CPU at 32 clients, and the p50 latency of one client, with no
+    model: the floors of ``floor_server.py`` and ``akidb-embed serve --provider mock``
+    with its parts on and off. All start at once (an idle one costs nothing), then take
+    turns with wrk for several rounds; medians per server."""
     import statistics
 
     serve_mock = [
@@ -513,16 +513,18 @@ def _overhead_servers(
                 serve(name, command, ready, log, args.threads, 120.0, env=env)
             )
             wrk(served, bodies, 32, args.warmup, cores)
-            running.append((name, served, []))
+            running.append((name, served, [], []))
         for round_ in range(rounds):
-            for _name, served, runs in running if round_ % 2 == 0 else running[::-1]:
+            for _name, served, runs, single in running if round_ % 2 == 0 else running[::-1]:
                 runs.append(wrk(served, bodies, 32, seconds, cores))
-        for name, _, runs in running:
+                single.append(wrk(served, bodies, 1, seconds / 2, cores))
+        for name, _, runs, single in running:
             rows.append({
                 "name": name,
                 "rps": statistics.median(r["rps"] for r in runs),
                 "cpu_us": statistics.median(r["cpu_us_per_request"] for r in runs),
-                "errors": sum(r["errors"] for r in runs),
+                "p50_1": statistics.median(r["p50"] for r in single),
+                "errors": sum(r["errors"] for r in runs + single),
             })  # fmt: skip
     return rows
 
@@ -530,15 +532,16 @@ def _overhead_servers(
 def _overhead_tables(floors: list[dict[str, Any]], results: dict[str, dict[str, Any]]) -> None:
     if floors:
         print(
-            "Server CPU per request at 32 clients with no model (one short text a request; "
-            "medians of alternating wrk runs)"
+            "Server CPU per request at 32 clients, and p50 latency of one client, with no "
+            "model (one short text a request; medians of alternating wrk runs)"
         )
         base = floors[0]["cpu_us"]
         _table(
-            ["server", "req/s", "server CPU per request (us)", "vs bare ASGI", "errors"],
+            ["server", "req/s", "server CPU per request (us)", "vs bare ASGI",
+             "1 client p50 ms", "errors"],
             [
                 [f["name"], f"{f['rps']:.0f}", f"{f['cpu_us']:.0f}", f"{f['cpu_us'] / base:.1f}x",
-                 str(f["errors"])]
+                 f"{f['p50_1']:.2f}", str(f["errors"])]
                 for f in floors
             ],
         )  # fmt: skip
