@@ -734,6 +734,16 @@ def main(argv: list[str] | None = None) -> int:
                     result["docs"] = docs_row
                 if reference is not None:
                     result["cos"] = closeness(s, close_texts, reference)
+            if "latency" in rows:
+                # The floor of the design: a bare ASGI app, the model on one worker thread.
+                floor = [
+                    sys.executable, str(FLOOR_SERVER), "--kind", "asgi-model",
+                    "--model", str(folders[variant]), "--port", "{port}",
+                ] + (["--threads", str(args.threads)] if args.threads else [])  # fmt: skip
+                log = tmp / f"{variant}-floor.log"
+                with serve("floor", floor, "/v1/models", log, args.threads, timeout) as s:
+                    wrk(s, short_bodies, 1, args.warmup, cores)
+                    result["floor"] = wrk(s, short_bodies, 1, duration, cores)
             results[variant] = result
 
         if "peers" in rows:
@@ -776,18 +786,22 @@ def main(argv: list[str] | None = None) -> int:
         "manager cache off. CPU: share of all cores during the run.\n"
     )
     if "latency" in rows:
-        print("Single client, one short query at a time (goal: HTTP p50 <= 1.3x in-process)")
+        print(
+            "Single client, one short query at a time (goal: HTTP p50 <= 1.3x in-process); "
+            "floor: a bare ASGI app running the same model on one worker thread"
+        )
         table = []
         for r in results.values():
-            lat, inproc = r["latency"], r["inproc"]
+            lat, inproc, floor = r["latency"], r["inproc"], r["floor"]
             ratio = lat["p50"] / inproc["p50"]
             table.append([
                 r["label"], _fmt_ms(lat), _fmt_ms(inproc), f"{ratio:.2f}x",
                 _mark(ratio <= GOALS["latency_p50"]), f"{lat['rps']:.0f}",
+                f"{floor['p50']:.2f} ({floor['p50'] / inproc['p50']:.2f}x)",
             ])  # fmt: skip
         _table(
             ["server", "HTTP p50 / p95 / p99 ms", "in-process embed_query p50 / p95 / p99 ms",
-             "p50 ratio", "goal met", "req/s"],
+             "p50 ratio", "goal met", "req/s", "floor p50 ms (ratio)"],
             table,
         )  # fmt: skip
     if "concurrency" in rows:
