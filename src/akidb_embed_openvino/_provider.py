@@ -69,7 +69,7 @@ _QUERY_PAD_MULTIPLE = 16
 # Compiled models are cached here, under the model cache (OpenVINO's CACHE_DIR), in one
 # folder per device and precision: OpenVINO 2026.4 keys a blob without the precision hint,
 # and a bf16 model compiled from the blob an f32 compile had just written in the same
-# process gave NaN vectors now and then (one start in three, on a CPU with AMX).
+# process gave NaN vectors in some starts (2 of 9 here, on a CPU with AMX).
 _CACHE_SUBDIR = "akidb-embed-openvino"
 
 
