@@ -131,31 +131,3 @@ def test_counting_before_embedding_tokenizes_once_and_changes_nothing(
         assert not provider._texts._handoff  # close() drops what was never embedded
     finally:
         provider.close()
-
-
-def test_counting_again_before_embedding_does_not_tokenize_again(
-    minilm_onnx_dir: Path, varied_texts
-):
-    """A server counts a request to batch it, then the manager counts its batch: the
-    second count reuses the first one's encodings, and the embed call takes them."""
-    config = EmbeddingConfig(provider="onnx", model=str(minilm_onnx_dir))
-    provider = OnnxEmbeddingProvider(config)
-    try:
-        texts = [*varied_texts[:30], "a very long text " * 200]
-        plain = provider.embed_batch(texts)
-        first = provider.count_tokens(texts[:20])
-        calls = []
-        inner = provider._texts.encode
-        provider._texts.encode = lambda batch: calls.append(list(batch)) or inner(batch)  # type: ignore[method-assign]
-        again = provider.count_tokens(texts)
-        # Only what the first count did not see, and the cut text (never kept), is encoded.
-        assert calls == [texts[20:]]
-        assert again[:20] == first
-        calls.clear()
-        np.testing.assert_array_equal(provider.embed_batch(texts), plain)
-        assert calls == [[texts[-1]]]  # the embed call took every kept encoding
-        calls.clear()
-        provider.count_tokens(texts[:5])  # taken by the embed call: encoded anew
-        assert calls == [texts[:5]]
-    finally:
-        provider.close()

@@ -89,10 +89,8 @@ class TextEncoder:
 
         The manager counts right before it embeds the same texts, so the encodings are
         kept for :meth:`rows` (bounded; cut texts are left out, they carry the overflow).
-        Texts counted before and not embedded since are not encoded again (a server counts
-        a request to batch it, then the manager counts its batch).
         """
-        encodings = self._handed_over(texts, keep=True)
+        encodings = self.encode(texts)
         kept = [(t, e) for t, e in zip(texts, encodings, strict=True) if not e.overflowing]
         if len(kept) <= _HANDOFF_LIMIT:
             with self._lock:
@@ -135,13 +133,11 @@ class TextEncoder:
         with self._lock:
             self._handoff.clear()
 
-    def _handed_over(self, texts: Sequence[str], *, keep: bool = False) -> list[Encoding]:
-        """Encodings of *texts*: the kept ones (taken out, unless *keep*), else encoded."""
+    def _handed_over(self, texts: Sequence[str]) -> list[Encoding]:
         if not self._handoff:
             return self.encode(texts)
         with self._lock:
-            take = self._handoff.get if keep else self._handoff.pop
-            found = [take(t, None) for t in texts]
+            found = [self._handoff.pop(t, None) for t in texts]
         missing = [i for i, e in enumerate(found) if e is None]
         if missing:
             for i, encoding in zip(missing, self.encode([texts[i] for i in missing]), strict=True):
