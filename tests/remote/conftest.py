@@ -5,6 +5,11 @@ free loopback port, and a small loopback proxy in front of one that can answer 4
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -14,50 +19,94 @@ from pathlib import Path
 
 import httpx
 import pytest
-from server_process import Served
 
 
-def _served(*args: str) -> Served:
-    # HTTP only: the remote provider speaks HTTP.
-    return Served("--no-grpc", *args)
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Served:
+    """``python -m akidb_embed.cli serve --port <free> ARGS``, ready when /ready is 200.
+
+    The server's output goes to a file: a pipe nobody reads would fill up and block it.
+    """
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        # HTTP only: the remote provider speaks HTTP (gRPC would take port 9090).
+        cmd = [sys.executable, "-m", "akidb_embed.cli", "serve", "--port", str(self.port)]
+        cmd += ["--no-grpc", *args]
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the server exited:\n{self.output()}")
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise AssertionError(f"server not ready within 120 s:\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.proc.wait(timeout=10)
+        self.log.close()
 
 
 @pytest.fixture(scope="session")
 def mock_server() -> Iterator[Served]:
-    served = _served("--provider", "mock")
+    served = Served("--provider", "mock")
     try:
         yield served
     finally:
-        served.cleanup()
+        served.stop()
 
 
 @pytest.fixture(scope="session")
 def onnx_server(minilm_onnx_dir: Path) -> Iterator[Served]:
-    served = _served("--provider", "onnx", "--model", str(minilm_onnx_dir))
+    served = Served("--provider", "onnx", "--model", str(minilm_onnx_dir))
     try:
         yield served
     finally:
-        served.cleanup()
+        served.stop()
 
 
 @pytest.fixture(scope="session")
 def slow_server() -> Iterator[Served]:
     """A mock that takes 0.3 s per batch and queues at most 2 texts (429 past them)."""
-    served = _served("--provider", "mock", "--option", "latency=0.3", "--max-queue-texts", "2")
+    served = Served("--provider", "mock", "--option", "latency=0.3", "--max-queue-texts", "2")
     try:
         yield served
     finally:
-        served.cleanup()
+        served.stop()
 
 
 @pytest.fixture(scope="session")
 def short_server() -> Iterator[Served]:
     """A mock whose model takes at most 8 tokens (words)."""
-    served = _served("--provider", "mock", "--option", "max_tokens=8")
+    served = Served("--provider", "mock", "--option", "max_tokens=8")
     try:
         yield served
     finally:
-        served.cleanup()
+        served.stop()
 
 
 @dataclass
