@@ -30,10 +30,10 @@ _VECTOR = np.random.default_rng(0).random(384, dtype=np.float32)
 _VECTOR /= np.linalg.norm(_VECTOR)
 
 
-def _answer(model: str) -> bytes:
+def _answer(model: str, vector: np.ndarray = _VECTOR) -> bytes:
     body = {
         "object": "list",
-        "data": [{"object": "embedding", "index": 0, "embedding": _VECTOR}],
+        "data": [{"object": "embedding", "index": 0, "embedding": vector}],
         "model": model,
         "usage": {"prompt_tokens": 8, "total_tokens": 8},
     }
@@ -60,14 +60,7 @@ def _model_answer(model_dir: str, threads: int | None):  # type: ignore[no-untyp
     )
 
     def answer(request: dict) -> bytes:  # type: ignore[type-arg]
-        vector = manager.embed([request["input"]])[0]
-        body = {
-            "object": "list",
-            "data": [{"object": "embedding", "index": 0, "embedding": vector}],
-            "model": request.get("model") or "minilm",
-            "usage": {"prompt_tokens": 8, "total_tokens": 8},
-        }
-        return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+        return _answer(request.get("model") or "minilm", manager.embed([request["input"]])[0])
 
     return answer
 
@@ -80,34 +73,30 @@ def asgi_app(answer=None):  # type: ignore[no-untyped-def]
     worker = ThreadPoolExecutor(1)
 
     async def app(scope, receive, send):  # type: ignore[no-untyped-def]
-        await _serve(scope, receive, send, answer, worker, asyncio.get_running_loop())
-
-    return app
-
-
-async def _serve(scope, receive, send, answer, worker, loop):  # type: ignore[no-untyped-def]
-    if scope["type"] != "http":
-        return
-    headers = [(b"content-type", b"application/json")]
-    if scope["method"] == "GET":  # /v1/models: the readiness probe
-        out = orjson.dumps({"object": "list", "data": [{"id": "minilm", "object": "model"}]})
+        if scope["type"] != "http":
+            return
+        headers = [(b"content-type", b"application/json")]
+        if scope["method"] == "GET":  # /v1/models: the readiness probe
+            out = orjson.dumps({"object": "list", "data": [{"id": "minilm", "object": "model"}]})
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": out})
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        request = orjson.loads(b"".join(chunks))
+        if answer is None:
+            out = _answer(request.get("model") or "minilm")
+        else:
+            out = await asyncio.get_running_loop().run_in_executor(worker, answer, request)
+        headers.append((b"content-length", b"%d" % len(out)))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": out})
-        return
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            break
-    request = orjson.loads(b"".join(chunks))
-    if answer is None:
-        out = _answer(request.get("model") or "minilm")
-    else:
-        out = await loop.run_in_executor(worker, answer, request)
-    headers.append((b"content-length", b"%d" % len(out)))
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": out})
+
+    return app
 
 
 def fastapi_app():  # type: ignore[no-untyped-def]
